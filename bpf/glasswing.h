@@ -1,0 +1,99 @@
+/* Glasswing: map structs and constants shared by every hook program.
+ *
+ * Each struct here is mirrored field by field in dataplane/bpf_structs.py;
+ * tests/unit/test_bpf_structs.py compiles this header and fails when a size
+ * or offset differs. Padding is explicit so both sides agree on layout.
+ *
+ * Addresses and ports the kernel hands us in network order (sock_addr
+ * user_ip4/user_port) stay in network order in the maps; the tuple key uses
+ * host-order ports because sock_ops gives local_port in host order.
+ */
+#ifndef GLASSWING_H
+#define GLASSWING_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+
+#ifndef PIN_DIR
+#error "PIN_DIR must be set by the loader (-DPIN_DIR=\"/sys/fs/bpf/glasswing/NODE\")"
+#endif
+
+#define GW_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv4.h, not in uapi headers we can include */
+#define GW_SOCK_STREAM 1     /* linux/net.h */
+
+/* orig_dst.flags */
+#define GW_REDIRECTED 1 /* sent to the forwarder's outbound listener */
+#define GW_TRANSLATED 2 /* no forwarder: fail-open translation to an endpoint in the kernel */
+
+/* pod_settings.fail_mode */
+#define GW_FAIL_OPEN 0
+#define GW_FAIL_CLOSED 1
+
+/* VIP and port of a service (network order). */
+struct svc_key {
+	__u32 vip;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct svc_value {
+	__u32 svc_id;
+	__u16 count; /* endpoints in gw_backends for fail-open, slots 0..count-1 */
+	__u16 flags;
+};
+
+struct backend_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+/* An endpoint address (network order). */
+struct backend_value {
+	__u32 ip;
+	__u16 port;
+	__u16 pad;
+};
+
+/* Per pod, keyed by the pod's cgroup id. */
+struct pod_settings {
+	__u8 fail_mode;
+	__u8 pad[3];
+	__u32 flags;
+};
+
+/* Node-wide settings, one entry at index 0. */
+struct gw_config {
+	__u64 fwd_cgroup_id; /* forwarder's own cgroup: never redirected */
+	__u32 mark;          /* SO_MARK on forwarder sockets: never redirected */
+	__u16 outbound_port; /* forwarder outbound listener, network order */
+	__u16 pad;
+	__u32 outbound_ip;   /* network order, 127.0.0.1 */
+	__u32 pad2;
+};
+
+/* What the app dialled, kept with the app's socket (and copied to the
+ * forwarder's accepted socket). ip/port network order. */
+struct orig_dst {
+	__u32 ip;
+	__u16 port;
+	__u16 flags;
+	__u32 redir_ip;   /* where connect4 sent it instead */
+	__u16 redir_port;
+	__u16 pad;
+};
+
+/* One TCP connection seen from its active (app) side. The socket cookie of
+ * the app's socket is not the cookie of the socket the forwarder accepts, so
+ * sock_ops hands the record over through this key. The netns cookie keeps
+ * pods apart: every pod has the same 127.0.0.1. Ports in host order. */
+struct tuple_key {
+	__u64 netns;
+	__u32 local_ip;
+	__u32 remote_ip;
+	__u16 local_port;
+	__u16 remote_port;
+	__u32 pad;
+};
+
+#endif

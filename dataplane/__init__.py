@@ -1,0 +1,1 @@
+"""Glasswing dataplane: the userspace forwarder that relays the connections the mesh redirects."""

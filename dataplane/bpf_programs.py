@@ -1,0 +1,161 @@
+"""The hook programs in bpf/, loaded with bcc and attached to cgroups.
+
+`Programs` owns every attachment it makes and undoes them in reverse order
+in an idempotent close(); bcc's own cleanup() does not detach cgroup
+programs. Programs share maps through pins under the node's pin directory.
+"""
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+
+from .errors import GlasswingError
+
+BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+BPF_F_ALLOW_MULTI = 2  # coexist with programs others attach to the same cgroup
+
+
+@dataclass(frozen=True)
+class Hook:
+    file: str          # bpf/<file>.c
+    function: str      # program name (also what bpftool shows)
+    prog_type: str     # bcc BPFProgType member
+    attach_type: str   # bcc BPFAttachType member
+    bpftool_type: str  # bpftool's name for the attach type
+    on_pods: bool
+    on_forwarder: bool
+
+
+HOOKS = (
+    Hook("connect4", "gw_connect4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT", "connect4", True, False),
+    Hook("sockops", "gw_sockops", "SOCK_OPS", "CGROUP_SOCK_OPS", "sock_ops", True, True),
+    Hook("getpeername4", "gw_getpeername4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_GETPEERNAME",
+         "getpeername4", True, False),
+    Hook("getsockopt", "gw_getsockopt", "CGROUP_SOCKOPT", "CGROUP_GETSOCKOPT", "getsockopt", False, True),
+)
+OUR_NAMES = {h.function for h in HOOKS}
+
+
+def import_bcc():
+    try:
+        import bcc
+    except ImportError:
+        raise GlasswingError("bcc Python module not found: install python3-bpfcc "
+                             "(make install links it into the venv)") from None
+    return bcc
+
+
+def check_bpf_available() -> None:
+    if os.geteuid() != 0:
+        raise GlasswingError("must run as root: BPF programs, namespaces and cgroups need it")
+    import_bcc()
+    with open("/proc/self/mounts") as f:
+        if not any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in f):
+            raise GlasswingError("bpffs is not mounted at /sys/fs/bpf: mount -t bpf bpf /sys/fs/bpf")
+
+
+class Programs:
+    """Loaded hook programs and the cgroup attachments made with them."""
+
+    def __init__(self, pin_dir: str):
+        self.pin_dir = pin_dir
+        self._modules = {}   # hook file -> bcc.BPF
+        self._fns = {}       # hook file -> bcc function (fd)
+        self._attached = []  # (cgroup path, cgroup fd, hook), in attach order
+
+    def load(self) -> None:
+        bcc = import_bcc()
+        os.makedirs(self.pin_dir, exist_ok=True)
+        cflags = [f'-DPIN_DIR="{self.pin_dir}"', f"-I{BPF_DIR}"]
+        try:
+            for hook in HOOKS:
+                src = os.path.join(BPF_DIR, hook.file + ".c")
+                mod = bcc.BPF(src_file=src.encode(), cflags=cflags)
+                self._modules[hook.file] = mod
+                kw = {}
+                if hook.prog_type != "SOCK_OPS":
+                    kw["attach_type"] = getattr(bcc.BPFAttachType, hook.attach_type)
+                self._fns[hook.file] = mod.load_func(
+                    hook.function, getattr(bcc.BPFProgType, hook.prog_type), **kw)
+        except Exception as e:
+            self.close()
+            raise GlasswingError(f"loading BPF programs failed: {str(e).splitlines()[0]}") from None
+
+    def prog_ids(self) -> set:
+        return {_prog_id(fn.fd) for fn in self._fns.values()}
+
+    def attach(self, cgroup: str, role: str) -> None:
+        """Attach the hooks for role ("pod" or "forwarder"); all of them or none."""
+        bcc = import_bcc()
+        hooks = [h for h in HOOKS if (h.on_pods if role == "pod" else h.on_forwarder)]
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        done = []
+        try:
+            for hook in hooks:
+                bcc.BPF.attach_func(self._fns[hook.file], fd,
+                                    getattr(bcc.BPFAttachType, hook.attach_type), BPF_F_ALLOW_MULTI)
+                done.append((cgroup, fd, hook))
+        except Exception as e:
+            for item in reversed(done):
+                self._detach_one(*item)
+            os.close(fd)
+            raise GlasswingError(f"attaching BPF programs to {cgroup} failed: {e}") from None
+        self._attached.extend(done)
+        # A previous forwarder that was killed left its programs attached
+        # (they kept pods working meanwhile); drop them now that ours run.
+        detach_stale(cgroup, keep=self.prog_ids())
+
+    def attached_cgroups(self) -> set:
+        return {c for c, _fd, _h in self._attached}
+
+    def detach(self, cgroup: str) -> None:
+        mine = [a for a in self._attached if a[0] == cgroup]
+        for item in reversed(mine):
+            self._detach_one(*item)
+        self._attached = [a for a in self._attached if a[0] != cgroup]
+        if mine:
+            os.close(mine[0][1])
+
+    def _detach_one(self, cgroup, fd, hook):
+        bcc = import_bcc()
+        try:
+            bcc.BPF.detach_func(self._fns[hook.file], fd, getattr(bcc.BPFAttachType, hook.attach_type))
+        except Exception:  # noqa: BLE001 - cgroup already gone: nothing left to detach
+            pass
+
+    def close(self) -> None:
+        for cgroup in reversed(list(dict.fromkeys(c for c, _fd, _h in self._attached))):
+            self.detach(cgroup)
+        for mod in reversed(list(self._modules.values())):
+            mod.cleanup()
+        self._modules.clear()
+        self._fns.clear()
+
+
+def _prog_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("prog_id:"):
+                return int(line.split()[1])
+    return -1
+
+
+def attached(cgroup: str) -> list:
+    """[(prog id, bpftool attach type, name)] of our programs on a cgroup."""
+    r = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        return []
+    return [(p["id"], p["attach_type"], p.get("name", "")) for p in json.loads(r.stdout)
+            if p.get("name") in OUR_NAMES]
+
+
+def detach_stale(cgroup: str, keep: set = frozenset()) -> int:
+    """Detach our programs left on a cgroup by an owner that died; returns how many."""
+    n = 0
+    for pid, atype, _name in attached(cgroup):
+        if pid in keep:
+            continue
+        subprocess.run(["bpftool", "cgroup", "detach", cgroup, atype, "id", str(pid)],
+                       capture_output=True)
+        n += 1
+    return n

@@ -1,0 +1,77 @@
+"""ctypes mirrors of the map structs in bpf/glasswing.h, field for field.
+
+tests/unit/test_bpf_structs.py compiles the header and compares every size
+and offset with these, the way Cilium's alignchecker guards its Go mirrors.
+Fields the kernel keeps in network order are marked (n).
+"""
+import ctypes as C
+
+GW_REDIRECTED = 1
+GW_TRANSLATED = 2
+GW_FAIL_OPEN = 0
+GW_FAIL_CLOSED = 1
+
+
+class SvcKey(C.Structure):
+    _fields_ = [("vip", C.c_uint32),  # (n)
+                ("port", C.c_uint16),  # (n)
+                ("proto", C.c_uint8),
+                ("pad", C.c_uint8)]
+
+
+class SvcValue(C.Structure):
+    _fields_ = [("svc_id", C.c_uint32),
+                ("count", C.c_uint16),
+                ("flags", C.c_uint16)]
+
+
+class BackendKey(C.Structure):
+    _fields_ = [("svc_id", C.c_uint32),
+                ("slot", C.c_uint32)]
+
+
+class BackendValue(C.Structure):
+    _fields_ = [("ip", C.c_uint32),  # (n)
+                ("port", C.c_uint16),  # (n)
+                ("pad", C.c_uint16)]
+
+
+class PodSettings(C.Structure):
+    _fields_ = [("fail_mode", C.c_uint8),
+                ("pad", C.c_uint8 * 3),
+                ("flags", C.c_uint32)]
+
+
+class GwConfig(C.Structure):
+    _fields_ = [("fwd_cgroup_id", C.c_uint64),
+                ("mark", C.c_uint32),
+                ("outbound_port", C.c_uint16),  # (n)
+                ("pad", C.c_uint16),
+                ("outbound_ip", C.c_uint32),  # (n)
+                ("pad2", C.c_uint32)]
+
+
+class OrigDst(C.Structure):
+    _fields_ = [("ip", C.c_uint32),  # (n)
+                ("port", C.c_uint16),  # (n)
+                ("flags", C.c_uint16),
+                ("redir_ip", C.c_uint32),  # (n)
+                ("redir_port", C.c_uint16),  # (n)
+                ("pad", C.c_uint16)]
+
+
+class TupleKey(C.Structure):
+    _fields_ = [("netns", C.c_uint64),
+                ("local_ip", C.c_uint32),  # (n)
+                ("remote_ip", C.c_uint32),  # (n)
+                ("local_port", C.c_uint16),
+                ("remote_port", C.c_uint16),
+                ("pad", C.c_uint32)]
+
+
+# C name -> mirror, for the layout test.
+MIRRORS = {
+    "svc_key": SvcKey, "svc_value": SvcValue, "backend_key": BackendKey,
+    "backend_value": BackendValue, "pod_settings": PodSettings, "gw_config": GwConfig,
+    "orig_dst": OrigDst, "tuple_key": TupleKey,
+}

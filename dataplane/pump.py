@@ -1,0 +1,67 @@
+"""Byte pump chooser: the Cython pump (dataplane._pump_c) when built, else the Python twin.
+
+GLASSWING_PUMP=python forces the Python twin, GLASSWING_PUMP=cython requires the Cython one
+(ImportError if it is not built); unset, empty or "auto" picks Cython when available.
+See dataplane/pump_py.py for the pump semantics (identical in both twins).
+"""
+
+import fcntl
+import importlib
+import os
+
+from dataplane import pump_py
+
+PIPE_SIZE = 1 << 20  # 1 MiB: fewer, larger splices; needs pipe-max-size >= 1 MiB (the default)
+
+
+def _load(name):
+    try:
+        return importlib.import_module("dataplane._pump_c")
+    except ImportError:
+        if name == "cython":
+            raise
+        return None
+
+
+_choice = os.environ.get("GLASSWING_PUMP", "").strip().lower() or "auto"
+if _choice not in ("auto", "cython", "python"):
+    raise ValueError(f"GLASSWING_PUMP must be auto, cython or python, not {_choice!r}")
+_impl = None if _choice == "python" else _load(_choice)
+if _impl is None:
+    _impl, IMPL = pump_py, "python"
+else:
+    IMPL = "cython"
+
+pump = _impl.pump
+SRC_EOF = _impl.SRC_EOF
+DST_BLOCKED = _impl.DST_BLOCKED
+SRC_DRAINED = _impl.SRC_DRAINED
+
+
+def make_pipe() -> tuple[int, int]:
+    """Return (r, w) of a non-blocking close-on-exec pipe, enlarged to 1 MiB if permitted."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:  # EPERM above /proc/sys/fs/pipe-max-size or the per-user pipe quota
+        pass
+    return r, w
+
+
+def close_pipe(r: int, w: int) -> None:
+    """Close both ends of a pipe from make_pipe() (bytes still in it are dropped)."""
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def twins() -> dict:
+    """Available implementations, {"cython": module, "python": module}, for tests."""
+    out = {}
+    c = _load("auto")
+    if c is not None:
+        out["cython"] = c
+    out["python"] = pump_py
+    return out

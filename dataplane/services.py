@@ -1,0 +1,95 @@
+"""Services in the store: a name, a VIP from 198.19.0.0/16, port mappings,
+and endpoints named by pod or picked by a label selector."""
+import ipaddress
+
+from . import names
+from .errors import GlasswingError
+from .settings import SERVICE_RANGE
+
+
+def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selector: dict = None,
+                vip: str = None) -> dict:
+    names.name("service", name)
+    if name in doc["services"]:
+        raise GlasswingError(f"service {name!r} already exists")
+    if not ports:
+        raise GlasswingError(f"service {name!r} needs at least one --port")
+    mapped, seen = [], set()
+    for spec in ports:
+        p, t = names.port_map(spec)
+        if p in seen:
+            raise GlasswingError(f"service port {p} given twice")
+        seen.add(p)
+        mapped.append({"port": p, "target": t})
+    if endpoints and selector:
+        raise GlasswingError("give either --endpoint or --selector, not both")
+    eps = []
+    for spec in endpoints or ():
+        pod, sep, port = spec.partition(":")
+        if pod not in doc["pods"]:
+            raise GlasswingError(f"unknown pod {pod!r} in endpoint {spec!r}")
+        ep = {"pod": pod, "port": names.port(port, "endpoint port") if sep else None}
+        if ep in eps:
+            raise GlasswingError(f"endpoint {spec!r} given twice")
+        eps.append(ep)
+    taken = {s["vip"] for s in doc["services"].values()}
+    if vip:
+        vip = names.vip(vip)
+        if vip in taken:
+            raise GlasswingError(f"service address {vip} is already in use")
+    else:
+        vip = next((str(h) for h in SERVICE_RANGE.hosts()
+                    if h >= SERVICE_RANGE.network_address + 10 and str(h) not in taken), None)
+        if vip is None:
+            raise GlasswingError(f"no free service address left in {SERVICE_RANGE}")
+    sid = doc["next_service_id"]
+    doc["next_service_id"] = sid + 1
+    rec = {"id": sid, "vip": vip, "ports": mapped, "endpoints": eps, "selector": selector or None}
+    doc["services"][name] = rec
+    return rec
+
+
+def remove_service(doc: dict, name: str) -> dict:
+    get_service(doc, name)
+    return doc["services"].pop(name)
+
+
+def _unknown(name):
+    raise GlasswingError(f"unknown service {name!r} (see `glasswing service list`)")
+
+
+def get_service(doc: dict, name: str) -> dict:
+    if name not in doc["services"]:
+        _unknown(name)
+    return doc["services"][name]
+
+
+def endpoints(doc: dict, svc: dict, mapping: dict) -> list:
+    """[(pod name, pod record, target port)] for one port mapping of a service."""
+    out = []
+    if svc.get("selector"):
+        sel = svc["selector"]
+        for pname in sorted(doc["pods"]):
+            pod = doc["pods"][pname]
+            if all(pod.get("labels", {}).get(k) == v for k, v in sel.items()):
+                out.append((pname, pod, mapping["target"]))
+        return out
+    for ep in svc["endpoints"]:
+        pod = doc["pods"].get(ep["pod"])
+        if pod is not None:
+            out.append((ep["pod"], pod, ep["port"] or mapping["target"]))
+    return out
+
+
+def find_by_vip(doc: dict, vip: str, port: int):
+    """(name, service, port mapping) for VIP:port, or None."""
+    for name, svc in doc["services"].items():
+        if svc["vip"] == vip:
+            for m in svc["ports"]:
+                if m["port"] == port:
+                    return name, svc, m
+    return None
+
+
+def vip_int(vip: str) -> int:
+    return int(ipaddress.IPv4Address(vip))
