@@ -2,6 +2,7 @@
 thread into one and back (sockets keep the namespace they were made in, which
 is how the forwarder owns listeners inside every pod)."""
 import contextlib
+import ctypes
 import os
 
 from .errors import GlasswingError
@@ -25,8 +26,14 @@ def open_fd(name: str) -> int:
         raise GlasswingError(f"network namespace {name!r} does not exist") from None
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def setns(fd: int) -> None:
-    os.setns(fd, CLONE_NEWNET)
+    """setns(2) for the calling thread (os.setns arrives only in Python 3.12)."""
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 @contextlib.contextmanager
@@ -41,4 +48,4 @@ def entered(fd: int, home_fd: int):
 
 def self_fd() -> int:
     """A handle on the calling thread's own namespace, to come back to."""
-    return os.open(f"/proc/self/task/{os.gettid()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

@@ -18,10 +18,10 @@ pump(src_fd, dst_fd, pipe_r, pipe_w, pending, budget) -> (moved, pending, status
     SRC_DRAINED  src returned EAGAIN, pipe empty: wait for src readable.
     DST_BLOCKED  dst returned EAGAIN with pending > 0: wait for dst writable and stop polling
                  src (the pipe is the only buffer; not reading src gives TCP back-pressure).
-    SRC_EOF      src returned 0 (peer shut down its write side). Only reported once the pipe
-                 is empty (pending == 0): the caller can shutdown(SHUT_WR) dst right away. If
-                 EOF is met while bytes are still pending, the call reports DST_BLOCKED and the
-                 next call, after the flush, meets the (sticky) EOF again and reports it.
+    SRC_EOF      src returned 0 (peer shut down its write side). Always with pending == 0,
+                 since src is only read into an empty pipe: the caller can shutdown(SHUT_WR)
+                 dst right away. While dst is blocked src is not read, so the EOF is seen by a
+                 later call, after the flush. EOF is sticky: calling again reports it again.
     0            budget spent, pipe flushed, src maybe still readable: call again (next loop
                  iteration / readiness) rather than waiting.
 - Errors other than EAGAIN (ECONNRESET, EPIPE, ...) raise OSError with that errno (the usual

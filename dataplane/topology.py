@@ -261,3 +261,14 @@ def get_pod(doc: dict, name: str) -> dict:
         return doc["pods"][name]
     except KeyError:
         raise GlasswingError(f"unknown pod {name!r} (see `glasswing pod list`)") from None
+
+
+def prune(cluster: str) -> None:
+    """Remove the cluster's cgroup directories once nothing is left in them."""
+    base = cgroup_base(cluster)
+    for d in (os.path.join(base, "pods"), os.path.join(base, "nodes"), base, os.path.dirname(base)):
+        try:
+            if os.path.isdir(d) and not any(os.path.isdir(os.path.join(d, x)) for x in os.listdir(d)):
+                os.rmdir(d)
+        except OSError:
+            pass

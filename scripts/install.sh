@@ -49,6 +49,7 @@ grep -q ' cgroup2 ' /proc/self/mounts || die "no cgroup v2 mount in /proc/self/m
 if [ ! -x "$venv/bin/python" ]; then
   say "creating venv $venv"
   /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -U pip
 fi
 stamp="$venv/.requirements.sha"
 want=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)

@@ -322,18 +322,22 @@ def test_stalled_reader_blocks_dst_and_bounds_pending(twin, conns):
         for _ in range(3):
             assert relay.step() == (0, pending, twin.DST_BLOCKED)
 
-        # EOF while bytes are pending is reported only after they are flushed.
+        # A finishes (more data, then FIN, queued behind the full buffers) and D starts
+        # reading: everything arrives and SRC_EOF comes last, with the pipe empty.
         a.setblocking(True)
-        a.sendall(stream[sent:sent + 100_000])
-        sent += 100_000
-        a.shutdown(socket.SHUT_WR)
-        wait_poll(b, select.POLLRDHUP, "FIN on b")
-        assert relay.step()[2] == twin.DST_BLOCKED
+        rest = stream[sent:sent + 100_000]
+        writer = threading.Thread(target=lambda: (a.sendall(rest), a.shutdown(socket.SHUT_WR)),
+                                  daemon=True)
+        writer.start()
+        sent += len(rest)
+        assert relay.step() == (0, pending, twin.DST_BLOCKED)
         reader = Reader(d)
         reader.start()
         relay.run()
+        writer.join(TIMEOUT)
         assert reader.data() == stream[:sent]
         assert relay.total == sent
+        assert relay.calls[-1][1:] == (0, twin.SRC_EOF)
     finally:
         relay.close()
 
@@ -351,9 +355,11 @@ def test_budget_bound_includes_initial_flush(twin, conns):
         # Bytes left in the pipe by an earlier call (written directly here).
         assert os.write(relay.w, prefix) == len(prefix)
         relay.pending = len(prefix)
-        a.sendall(data)
-        wait_until(lambda: readable_bytes(b) >= 300_000, "data at b")
-        budget = 100_000
+        writer = threading.Thread(target=lambda: (a.sendall(data), a.shutdown(socket.SHUT_WR)),
+                                  daemon=True)
+        writer.start()
+        budget = 20_000
+        wait_until(lambda: readable_bytes(b) >= 2 * budget, "data at b")
         moved, pending, status = relay.step(budget=budget)
         assert moved <= len(prefix) + budget
         assert moved + pending - len(prefix) <= budget
@@ -362,8 +368,8 @@ def test_budget_bound_includes_initial_flush(twin, conns):
         assert readable_bytes(b) > 0
         if status == 0:
             assert moved == len(prefix) + budget and pending == 0
-        a.shutdown(socket.SHUT_WR)
         relay.run()
+        writer.join(TIMEOUT)
         assert reader.data() == prefix + data
     finally:
         relay.close()

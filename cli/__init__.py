@@ -1,0 +1,1 @@
+"""The `glasswing` command: parses, calls dataplane.control, prints."""

@@ -1,0 +1,5 @@
+import sys
+
+from glasswing.main import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""`glasswing doctor`: checks this machine can run the mesh, one line each."""
+import os
+import shutil
+import subprocess
+
+from .output import emit
+
+
+def _checks():
+    from dataplane import cgroups
+    yield "root", os.geteuid() == 0, "run as root"
+    try:
+        import bcc  # noqa: F401
+        yield "bcc", True, "importable"
+    except ImportError:
+        yield "bcc", False, "python3-bpfcc not importable (make install)"
+    with open("/proc/self/mounts") as f:
+        mounts = f.read()
+    yield "bpffs", " /sys/fs/bpf bpf " in mounts, "mount -t bpf bpf /sys/fs/bpf"
+    try:
+        yield "cgroup2", True, cgroups.cgroup2_root()
+    except Exception as e:  # noqa: BLE001
+        yield "cgroup2", False, str(e)
+    build = f"/lib/modules/{os.uname().release}/build"
+    yield "kernel headers", os.path.exists(os.path.join(build, "include")), build
+    for tool in ("ip", "bpftool", "iperf3"):
+        yield tool, shutil.which(tool) is not None, shutil.which(tool) or "not found"
+    try:
+        from dataplane.pump import IMPL
+        yield "relay", IMPL == "cython", f"pump: {IMPL}"
+    except Exception as e:  # noqa: BLE001
+        yield "relay", False, str(e)
+    try:
+        from dataplane.proto import tunnel_pb2  # noqa: F401
+        yield "protobuf", True, "tunnel schema built"
+    except Exception as e:  # noqa: BLE001
+        yield "protobuf", False, f"{e} (make build)"
+    if os.geteuid() == 0:
+        r = subprocess.run(["bpftool", "feature", "probe", "kernel"], capture_output=True, text=True) \
+            if shutil.which("bpftool") else None
+        ok = r is not None and "sk_storage" in r.stdout and "cgroup_sockopt" in r.stdout
+        yield "kernel BPF", ok, "cgroup_sock_addr, sock_ops, cgroup_sockopt, sk_storage" if ok else "missing features"
+
+
+def doctor(as_json: bool) -> int:
+    results = [{"check": c, "ok": ok, "detail": d} for c, ok, d in _checks()]
+    emit(results, as_json, lambda rs: [print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['check']}: {r['detail']}")
+                                       for r in rs])
+    return 0 if all(r["ok"] for r in results) else 1

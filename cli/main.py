@@ -1,0 +1,173 @@
+"""glasswing: a transparent service mesh dataplane. See `glasswing --help`."""
+import argparse
+import logging
+import os
+import sys
+
+from dataplane.errors import GlasswingError
+from dataplane.settings import LOCAL_NODE
+
+from .output import emit, table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glasswing", description=__doc__)
+    p.add_argument("--node", default=os.environ.get("GLASSWING_NODE", LOCAL_NODE),
+                   help="node to act on (default: local, this host; or a simulated node)")
+    p.add_argument("--state-dir", help="embedded store directory (default /var/lib/glasswing)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", help="start this node's forwarder")
+    up.add_argument("--foreground", action="store_true", help="run in the foreground (no daemon)")
+    sub.add_parser("down", help="stop the forwarder and remove everything it made")
+    sub.add_parser("status", help="forwarder state")
+    sub.add_parser("doctor", help="check that this machine can run the mesh")
+    demo = sub.add_parser("demo", help="two simulated nodes, a request and iperf3 through the mesh")
+    demo.add_argument("--seconds", type=int, default=5, help="iperf3 run length")
+
+    node = sub.add_parser("node", help="simulated nodes").add_subparsers(dest="sub", required=True)
+    n = node.add_parser("add", help="a node: its own namespace on the underlay")
+    n.add_argument("name")
+    node.add_parser("rm", help="remove a node with no pods").add_argument("name")
+    node.add_parser("list", help="list nodes")
+
+    pod = sub.add_parser("pod", help="pods").add_subparsers(dest="sub", required=True)
+    a = pod.add_parser("add", help="create a pod (namespace, cgroup, veth) or attach existing ones")
+    a.add_argument("name")
+    a.add_argument("--ip", help="pod address in the node's pod range (default: next free)")
+    a.add_argument("--netns", help="attach an existing namespace (name in /run/netns or /proc/PID/ns/net)")
+    a.add_argument("--cgroup", help="attach an existing cgroup v2 directory")
+    a.add_argument("--label", action="append", default=[], metavar="K=V")
+    a.add_argument("--fail", choices=("open", "closed"), default="open",
+                   help="with no forwarder: open translates service addresses in the kernel, closed refuses")
+    pod.add_parser("rm", help="remove a pod").add_argument("name")
+    pod.add_parser("list", help="list pods")
+    e = pod.add_parser("exec", help="run a command in a pod (its cgroup, then its namespace)")
+    e.add_argument("name")
+    e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+
+    svc = sub.add_parser("service", help="services").add_subparsers(dest="sub", required=True)
+    s = svc.add_parser("add", help="a service with a VIP from 198.19.0.0/16")
+    s.add_argument("name")
+    s.add_argument("--port", action="append", default=[], metavar="PORT[:TARGET]", required=True)
+    s.add_argument("--endpoint", action="append", default=[], metavar="POD[:PORT]")
+    s.add_argument("--selector", action="append", default=[], metavar="K=V")
+    s.add_argument("--vip", help="service address (default: next free)")
+    svc.add_parser("rm", help="remove a service").add_argument("name")
+    svc.add_parser("list", help="list services")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return run(args) or 0
+    except GlasswingError as e:
+        print(f"glasswing: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(args):
+    from dataplane.control import Control
+    from dataplane import names
+
+    ctl = Control(node=args.node, state=args.state_dir)
+    if args.node != LOCAL_NODE:
+        names.name("node", args.node)
+    cmd, sub = args.cmd, getattr(args, "sub", None)
+    if cmd == "up":
+        if args.foreground:
+            ctl.require_root()
+            from dataplane.bpf_programs import check_bpf_available
+            from dataplane.forwarder import run as run_forwarder
+            check_bpf_available()
+            return run_forwarder(ctl.store, args.node, ctl.run_root)
+        st = ctl.up()
+        emit(st, args.json, lambda s: print(f"forwarder for node {s['node']} running, pid {s['pid']}, "
+                                            f"{len(s['pods'])} pods, relay {s['relay']}"))
+    elif cmd == "down":
+        done = ctl.down()
+        emit(done, args.json, lambda d: print("\n".join(d) if d else "nothing was running"))
+    elif cmd == "status":
+        st = ctl.status()
+        emit(st, args.json, _print_status)
+        return 0 if st.get("running") else 3
+    elif cmd == "doctor":
+        from .doctor import doctor
+        return doctor(args.json)
+    elif cmd == "demo":
+        from dataplane.demo import run_demo
+        return run_demo(seconds=args.seconds)
+    elif cmd == "node":
+        return _node(ctl, args, sub)
+    elif cmd == "pod":
+        return _pod(ctl, args, sub)
+    elif cmd == "service":
+        return _service(ctl, args, sub)
+
+
+def _print_status(s):
+    if not s.get("running"):
+        print(f"forwarder for node {s['node']}: not running")
+        return
+    print(f"forwarder for node {s['node']}: running, pid {s['pid']}, store revision {s['revision']}")
+    print(f"  pods: {', '.join(s['pods']) or '-'}; services: {s['services']}; "
+          f"connections: {s['connections']}; relay: {s['relay']}")
+    for k, v in (s.get("errors") or {}).items():
+        print(f"  error: {k}: {v}")
+
+
+def _node(ctl, args, sub):
+    if sub == "add":
+        rec = ctl.node_add(args.name)
+        emit(rec, args.json, lambda r: print(f"node {args.name}: {r['ip']}, pods {r['pod_cidr']}"))
+    elif sub == "rm":
+        ctl.node_rm(args.name)
+    else:
+        doc = ctl.store.read()
+        rows = [[n, r.get("ip") or "-", r["pod_cidr"], "yes" if ctl.forwarder_pid(n, doc) else "no"]
+                for n, r in sorted(doc["nodes"].items())]
+        emit(doc["nodes"], args.json, lambda _: table(rows, ["NODE", "ADDRESS", "PODS", "FORWARDER"]))
+
+
+def _pod(ctl, args, sub):
+    from dataplane import names
+    if sub == "add":
+        rec = ctl.pod_add(args.name, address=args.ip, ns=args.netns, cgroup=args.cgroup,
+                          labels=names.labels(args.label), fail_mode=args.fail)
+        emit(rec, args.json, lambda r: print(f"pod {args.name}: {r['ip']} on node {r['node']} "
+                                             f"(netns {r['netns']})"))
+    elif sub == "rm":
+        ctl.pod_rm(args.name)
+    elif sub == "exec":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        ctl.pod_exec(args.name, argv)
+    else:
+        doc = ctl.store.read()
+        rows = [[n, p["node"], p["ip"], p["netns"], ",".join(f"{k}={v}" for k, v in p["labels"].items()) or "-",
+                 p["fail_mode"]] for n, p in sorted(doc["pods"].items())]
+        emit(doc["pods"], args.json, lambda _: table(rows, ["POD", "NODE", "ADDRESS", "NETNS", "LABELS", "FAIL"]))
+
+
+def _service(ctl, args, sub):
+    from dataplane import names
+    if sub == "add":
+        rec = ctl.service_add(args.name, ports=args.port, endpoints=args.endpoint,
+                              selector=names.labels(args.selector) or None, vip=args.vip)
+        ports = ", ".join(f"{m['port']}->{m['target']}" for m in rec["ports"])
+        emit(rec, args.json, lambda r: print(f"service {args.name}: {r['vip']} ports {ports}"))
+    elif sub == "rm":
+        ctl.service_rm(args.name)
+    else:
+        from dataplane import services as svcs
+        doc = ctl.store.read()
+        rows = []
+        for n, s in sorted(doc["services"].items()):
+            eps = {f"{p}:{port}" for m in s["ports"] for p, _r, port in svcs.endpoints(doc, s, m)}
+            rows.append([n, s["vip"], ",".join(f"{m['port']}:{m['target']}" for m in s["ports"]),
+                         ",".join(sorted(eps)) or "-"])
+        emit(doc["services"], args.json, lambda _: table(rows, ["SERVICE", "VIP", "PORTS", "ENDPOINTS"]))

@@ -1,0 +1,84 @@
+"""Keeps a node's pinned maps equal to the store, changing only what differs.
+
+Desired contents are computed from the store document as {key bytes: value
+bytes}; applying diffs them against what the maps hold, so a change to one
+service touches only its entries and established connections never notice.
+"""
+import ctypes as C
+import os
+import socket
+import struct
+
+from . import services as svcs
+from .bpf_maps import PinnedMap
+from .bpf_structs import (BackendKey, BackendValue, GW_FAIL_CLOSED, GW_FAIL_OPEN, GwConfig,
+                          PodSettings, SvcKey, SvcValue)
+from .settings import FORWARDER_MARK, OUTBOUND_IP, OUTBOUND_PORT
+
+IPPROTO_TCP = 6
+PORTS_PER_SERVICE = 256  # svc_id = service id * 256 + port index
+
+
+def _n32(ip: str) -> int:
+    return struct.unpack("=I", socket.inet_aton(ip))[0]
+
+
+def _n16(port: int) -> int:
+    return socket.htons(port)
+
+
+def desired(doc: dict, node: str, cgroup_ids: dict) -> dict:
+    """{map name: {key bytes: value bytes}} for services, backends and pods."""
+    services, backends, pods = {}, {}, {}
+    for name, svc in doc["services"].items():
+        for idx, m in enumerate(svc["ports"][:PORTS_PER_SERVICE]):
+            sid = svc["id"] * PORTS_PER_SERVICE + idx
+            eps = svcs.endpoints(doc, svc, m)
+            key = SvcKey(vip=_n32(svc["vip"]), port=_n16(m["port"]), proto=IPPROTO_TCP)
+            services[bytes(key)] = bytes(SvcValue(svc_id=sid, count=len(eps)))
+            for slot, (_pod, prec, port) in enumerate(eps):
+                backends[bytes(BackendKey(svc_id=sid, slot=slot))] = \
+                    bytes(BackendValue(ip=_n32(prec["ip"]), port=_n16(port)))
+    for pname, pod in doc["pods"].items():
+        cid = cgroup_ids.get(pname)
+        if pod["node"] == node and cid is not None:
+            mode = GW_FAIL_CLOSED if pod.get("fail_mode") == "closed" else GW_FAIL_OPEN
+            pods[bytes(C.c_uint64(cid))] = bytes(PodSettings(fail_mode=mode))
+    # Backends before services: a service never counts endpoints not yet written.
+    return {"backends": backends, "services": services, "pods": pods}
+
+
+class MapState:
+    TYPES = {"services": (SvcKey, SvcValue), "backends": (BackendKey, BackendValue),
+             "pods": (C.c_uint64, PodSettings), "config": (C.c_uint32, GwConfig)}
+
+    def __init__(self, pin_dir: str):
+        self.maps = {n: PinnedMap(os.path.join(pin_dir, n), *t) for n, t in self.TYPES.items()}
+        self.updates = 0
+
+    def set_config(self, fwd_cgroup_id: int) -> None:
+        cfg = GwConfig(fwd_cgroup_id=fwd_cgroup_id, mark=FORWARDER_MARK,
+                       outbound_port=_n16(OUTBOUND_PORT), outbound_ip=_n32(OUTBOUND_IP))
+        self.maps["config"].update(C.c_uint32(0), cfg)
+
+    def apply(self, want: dict) -> int:
+        """Make the maps hold exactly `want`; returns the number of changed entries."""
+        changed = 0
+        for name, entries in want.items():
+            m = self.maps[name]
+            kt, vt = m.key_type, m.value_type
+            have = {bytes(k) for k in m.keys()}
+            for kb, vb in entries.items():
+                cur = m.get(kt.from_buffer_copy(kb)) if kb in have else None
+                if cur is None or bytes(cur) != vb:
+                    m.update(kt.from_buffer_copy(kb), vt.from_buffer_copy(vb))
+                    changed += 1
+            for kb in have - set(entries):
+                m.delete(kt.from_buffer_copy(kb))
+                changed += 1
+        self.updates += changed
+        return changed
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()

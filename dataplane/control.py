@@ -1,0 +1,195 @@
+"""What `glasswing` commands do, as functions: change the store, tell the
+forwarders, start and stop them. The CLI only parses and prints."""
+import os
+import subprocess
+import sys
+import time
+
+from . import admin, topology
+from . import services as svcs
+from .bpf_programs import check_bpf_available
+from .errors import GlasswingError
+from .forwarder import cleanup_stale, node_paths, wait_gone
+from .settings import LOCAL_NODE, run_dir, state_dir
+from .store import Store
+
+
+class Control:
+    def __init__(self, node: str = LOCAL_NODE, state: str = None, run: str = None):
+        self.node = node
+        self.store = Store(state or state_dir())
+        self.run_root = run or run_dir()
+
+    def require_root(self):
+        if os.geteuid() != 0:
+            raise GlasswingError("must run as root: namespaces, cgroups and BPF need it")
+
+    # ------------------------------------------------------------ forwarders
+
+    def paths(self, node=None, doc=None):
+        doc = doc or self.store.read()
+        return node_paths(self.run_root, doc["cluster"], node or self.node)
+
+    def forwarder_pid(self, node=None, doc=None):
+        """pid of the running forwarder of node, or None (a stale pidfile is ignored)."""
+        try:
+            with open(self.paths(node, doc)["pidfile"]) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        return pid if b"--foreground" in cmd else None
+
+    def notify(self, nodes=None, doc=None) -> dict:
+        """Ask the running forwarders (all, or of `nodes`) to sync now; {node: status}."""
+        doc = doc or self.store.read()
+        out = {}
+        for node in (nodes or list(doc["nodes"])):
+            if self.forwarder_pid(node, doc):
+                try:
+                    out[node] = admin.request(self.paths(node, doc)["admin"], "sync")
+                except GlasswingError as e:
+                    out[node] = {"ok": False, "error": str(e)}
+        return out
+
+    def up(self, timeout: float = 90.0) -> dict:
+        self.require_root()
+        check_bpf_available()
+        with self.store.transaction() as doc:
+            topology.get_node(doc, self.node)
+        doc = self.store.read()
+        pid = self.forwarder_pid(doc=doc)
+        if pid:
+            raise GlasswingError(f"forwarder for node {self.node!r} is already running (pid {pid})")
+        cleanup_stale(doc, self.node, self.run_root)
+        paths = self.paths(doc=doc)
+        os.makedirs(paths["run"], exist_ok=True)
+        env = dict(os.environ, GLASSWING_STATE_DIR=self.store.directory, GLASSWING_RUN_DIR=self.run_root)
+        with open(paths["log"], "ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "glasswing", "--node", self.node, "up", "--foreground"],
+                                    stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
+                                    start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise GlasswingError(f"forwarder failed to start: {_last_line(paths['log'])}")
+            if os.path.exists(paths["admin"]) and os.path.exists(paths["pidfile"]):
+                try:
+                    return admin.request(paths["admin"], "status", timeout=5)
+                except GlasswingError:
+                    pass
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        cleanup_stale(self.store.read(), self.node, self.run_root)
+        raise GlasswingError(f"forwarder did not become ready within {timeout:.0f}s (log: {paths['log']})")
+
+    def down(self, timeout: float = 15.0) -> list:
+        self.require_root()
+        doc = self.store.read()
+        pid = self.forwarder_pid(doc=doc)
+        done = []
+        if pid:
+            try:
+                admin.request(self.paths(doc=doc)["admin"], "shutdown", timeout=5)
+            except GlasswingError:
+                os.kill(pid, 15)
+            if not wait_gone(pid, timeout):
+                os.kill(pid, 9)
+                wait_gone(pid, 5)
+            done.append(f"stopped forwarder pid {pid}")
+        done += cleanup_stale(doc, self.node, self.run_root)
+        topology.prune(doc["cluster"])
+        return done
+
+    def status(self) -> dict:
+        doc = self.store.read()
+        if not self.forwarder_pid(doc=doc):
+            return {"ok": False, "node": self.node, "running": False}
+        st = admin.request(self.paths(doc=doc)["admin"], "status")
+        st["running"] = True
+        return st
+
+    # ------------------------------------------------------------ nodes
+
+    def node_add(self, name):
+        self.require_root()
+        with self.store.transaction() as doc:
+            return topology.add_node(doc, name)
+
+    def node_rm(self, name):
+        self.require_root()
+        doc = self.store.read()
+        if self.forwarder_pid(name, doc):
+            raise GlasswingError(f"node {name!r} still runs a forwarder: `glasswing --node {name} down` first")
+        with self.store.transaction() as doc:
+            topology.remove_node(doc, name)
+        topology.prune(doc["cluster"])
+
+    # ------------------------------------------------------------ pods
+
+    def pod_add(self, name, **kw) -> dict:
+        self.require_root()
+        with self.store.transaction() as doc:
+            rec = topology.add_pod(doc, name, self.node, **kw)
+        answers = self.notify([self.node])
+        st = answers.get(self.node)
+        if st is not None and (not st.get("ok") or name not in st.get("pods", [])):
+            why = (st.get("errors") or {}).get(f"pod {name}") or st.get("error") or "not attached"
+            self.pod_rm(name)
+            raise GlasswingError(f"forwarder could not attach pod {name!r}: {why}")
+        return rec
+
+    def pod_rm(self, name) -> None:
+        self.require_root()
+        with self.store.transaction() as doc:
+            rec = topology.get_pod(doc, name)
+            for sname, svc in doc["services"].items():
+                if any(ep["pod"] == name for ep in svc["endpoints"]):
+                    svc["endpoints"] = [ep for ep in svc["endpoints"] if ep["pod"] != name]
+        self.notify([rec["node"]])  # the forwarder detaches before the pod goes
+        with self.store.transaction() as doc:
+            topology.remove_pod(doc, name)
+        if not self.forwarder_pid(rec["node"], doc):
+            from .bpf_programs import detach_stale
+            if not rec["cgroup_owned"] and os.path.isdir(rec["cgroup"]):
+                detach_stale(rec["cgroup"])
+        topology.prune(doc["cluster"])
+
+    def pod_exec(self, name, argv):
+        from . import cgroups, netns
+        self.require_root()
+        rec = topology.get_pod(self.store.read(), name)
+        if not argv:
+            raise GlasswingError("pod exec needs a command after --")
+        cgroups.join(rec["cgroup"])  # first: entering the netns first would hide nothing, but
+        netns.setns(netns.open_fd(rec["netns"]))  # `ip netns exec` remounts /sys; we do not
+        try:
+            os.execvp(argv[0], argv)
+        except FileNotFoundError:
+            raise GlasswingError(f"command not found: {argv[0]}") from None
+
+    # ------------------------------------------------------------ services
+
+    def service_add(self, name, **kw) -> dict:
+        self.require_root()
+        with self.store.transaction() as doc:
+            rec = svcs.add_service(doc, name, **kw)
+        self.notify()
+        return rec
+
+    def service_rm(self, name) -> None:
+        self.require_root()
+        with self.store.transaction() as doc:
+            svcs.remove_service(doc, name)
+        self.notify()
+
+
+def _last_line(path):
+    try:
+        with open(path) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        return lines[-1] if lines else "no output"
+    except OSError:
+        return "no log"

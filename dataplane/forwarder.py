@@ -1,0 +1,366 @@
+"""The node forwarder: one process per node serving every pod on it.
+
+It owns, and undoes in reverse on stop: the hook programs and their cgroup
+attachments, the pinned maps, a listener on 127.0.0.1:15001 inside each
+pod's namespace, the tunnel listener on NODE_IP:15008, its own cgroup, the
+pidfile and the admin socket. It watches the store and reconciles pods and
+maps with it without restarting.
+"""
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+
+from . import bpf_maps, cgroups, netns, topology
+from . import services as svcs
+from . import tunnel_codec as tc
+from .admin import serve as serve_admin
+from .bpf_programs import Programs, detach_stale
+from .bpf_state import MapState, desired
+from .lb import RoundRobin
+from .relay import Relay
+from .settings import LOCAL_NODE, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT, TUNNEL_PORT
+from .sockets import listener, original_dst, reset
+from .streams import StreamRejected, connect_in_pod, open_tunnel, read_preamble
+from .store import Store
+
+log = logging.getLogger("glasswing.forwarder")
+WATCH_INTERVAL = 0.2
+
+
+def node_paths(run_root: str, cluster: str, node: str) -> dict:
+    run = os.path.join(run_root, cluster, node)
+    return {"run": run, "pidfile": os.path.join(run, "forwarder.pid"),
+            "admin": os.path.join(run, "admin.sock"), "log": os.path.join(run, "forwarder.log"),
+            "pins": os.path.join(PIN_ROOT, cluster, node)}
+
+
+class PodState:
+    """What the forwarder holds for one pod on its node."""
+
+    def __init__(self, name, rec):
+        self.name, self.rec = name, rec
+        self.ns_fd = netns.open_fd(rec["netns"])
+        self.cgroup = rec["cgroup"]
+        self.cgroup_id = cgroups.cgroup_id(self.cgroup)
+        self.listener = None
+        self.task = None
+
+    def close(self):
+        if self.task:
+            self.task.cancel()
+        if self.listener:
+            self.listener.close()
+        os.close(self.ns_fd)
+
+
+class Forwarder:
+    def __init__(self, store: Store, node: str, run_root: str, home_fd: int):
+        self.store, self.node, self.home_fd = store, node, home_fd
+        self.doc = store.read()
+        self.cluster = self.doc["cluster"]
+        self.paths = node_paths(run_root, self.cluster, node)
+        self.cgroup = topology.forwarder_cgroup(self.cluster, node)
+        self.programs = None
+        self.maps = None
+        self.pods = {}
+        self.relays = set()
+        self.tasks = set()
+        self.rr = RoundRobin()
+        self.stamp = None
+        self.stopping = asyncio.Event()
+        self.stats = {"accepted": 0, "reset": 0, "tunnel_in": 0, "rejected": 0}
+        self.errors = {}
+        self.servers = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self):
+        os.makedirs(self.paths["run"], exist_ok=True)
+        cgroups.ensure(self.cgroup)
+        cgroups.join(self.cgroup)
+        self.programs = Programs(self.paths["pins"])
+        self.programs.load()
+        self.maps = MapState(self.paths["pins"])
+        self.maps.set_config(cgroups.cgroup_id(self.cgroup))
+        self.programs.attach(self.cgroup, "forwarder")
+        node = self.doc["nodes"].get(self.node) or {}
+        tunnel_ip = node.get("ip") or "127.0.0.1"
+        self.tunnel = listener(tunnel_ip, TUNNEL_PORT)
+        self._spawn(self._accept_loop(self.tunnel, self._tunnel_stream))
+        self.reconcile(self.store.read())
+        self.servers.append(await serve_admin(self.paths["admin"], self._admin))
+        self._spawn(self._watch())
+        with open(self.paths["pidfile"], "w") as f:
+            f.write(f"{os.getpid()}\n")
+        log.info("forwarder for node %s ready (tunnel %s:%d)", self.node, tunnel_ip, TUNNEL_PORT)
+
+    async def stop(self) -> None:
+        """Undo everything start made, in reverse; safe on a partial start."""
+        for s in self.servers:
+            s.close()
+        for t in list(self.tasks):
+            t.cancel()
+        if getattr(self, "tunnel", None):
+            self.tunnel.close()
+        for r in list(self.relays):
+            r.abort()
+        for name in list(self.pods):
+            self._drop_pod(name)
+        if self.programs:
+            self.programs.close()
+        if self.maps:
+            self.maps.close()
+        bpf_maps.unpin_all(self.paths["pins"])
+        try:
+            cgroups.join(cgroups.cgroup2_root())
+            cgroups.remove(self.cgroup, kill=False)
+            os.rmdir(os.path.dirname(self.cgroup))
+        except OSError:
+            pass
+        for p in (self.paths["pidfile"], self.paths["admin"]):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def _spawn(self, coro):
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    # ------------------------------------------------------------ store
+
+    async def _watch(self):
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if self.store.stamp() != self.stamp:
+                try:
+                    self.reconcile(self.store.read())
+                except Exception as e:  # noqa: BLE001 - keep serving the last good config
+                    self.errors["store"] = str(e)
+                    log.error("store: %s", e)
+
+    def reconcile(self, doc: dict) -> None:
+        self.stamp = self.store.stamp()
+        self.doc = doc
+        want = {n: p for n, p in doc["pods"].items() if p["node"] == self.node}
+        for name in [n for n in self.pods if n not in want or want[n]["cgroup"] != self.pods[n].cgroup]:
+            self._drop_pod(name)
+        for name, rec in want.items():
+            if name not in self.pods:
+                try:
+                    self._add_pod(name, rec)
+                    self.errors.pop(f"pod {name}", None)
+                except Exception as e:  # noqa: BLE001 - one broken pod must not stop the others
+                    self.errors[f"pod {name}"] = str(e)
+                    log.error("pod %s: %s", name, e)
+            else:
+                self.pods[name].rec = rec
+        ids = {n: p.cgroup_id for n, p in self.pods.items()}
+        changed = self.maps.apply(desired(doc, self.node, ids))
+        log.debug("revision %s: %d map entries changed", doc["revision"], changed)
+
+    def _add_pod(self, name, rec):
+        pod = PodState(name, rec)
+        try:
+            pod.listener = listener(OUTBOUND_IP, OUTBOUND_PORT, pod.ns_fd, self.home_fd)
+            self.programs.attach(pod.cgroup, "pod")
+        except BaseException:
+            pod.close()
+            raise
+        pod.task = self._spawn(self._accept_loop(pod.listener, lambda c: self._outbound(pod, c)))
+        self.pods[name] = pod
+
+    def _drop_pod(self, name):
+        pod = self.pods.pop(name)
+        self.programs.detach(pod.cgroup)
+        pod.close()
+
+    # ------------------------------------------------------------ streams
+
+    async def _accept_loop(self, lsock, handler):
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _peer = await loop.sock_accept(lsock)
+            conn.setblocking(False)
+            self.stats["accepted"] += 1
+            self._spawn(handler(conn))
+
+    def _relay(self, a, b, to_b=b"", to_a=b"", **info):
+        r = Relay(asyncio.get_running_loop(), a, b, to_b=to_b, to_a=to_a,
+                  on_close=self.relays.discard, info=info)
+        self.relays.add(r)
+        r.start()
+
+    def _reset(self, conn, why):
+        self.stats["reset"] += 1
+        log.info("reset: %s", why)
+        reset(conn)
+
+    async def _outbound(self, pod: PodState, conn):
+        dst = original_dst(conn)
+        if dst is None:
+            return self._reset(conn, f"pod {pod.name}: no original destination")
+        match = svcs.find_by_vip(self.doc, *dst)
+        if match is None:
+            return self._reset(conn, f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
+        name, svc, mapping = match
+        ep = self.rr.pick((name, mapping["port"]), svcs.endpoints(self.doc, svc, mapping))
+        if ep is None:
+            return self._reset(conn, f"service {name}: no endpoint")
+        ep_pod, ep_rec, port = ep
+        trace = secrets.token_hex(16)
+        try:
+            if ep_rec["node"] == self.node:
+                upstream, to_app = await self._connect_local(ep_pod, ep_rec["ip"], port), b""
+            else:
+                peer = self.doc["nodes"][ep_rec["node"]]
+                msg = tc.Open(version=tc.VERSION, source_pod=pod.name,
+                              source_identity=f"glasswing://{self.cluster}/pod/{pod.name}",
+                              service=name, port=mapping["port"],
+                              original_dst=tc.Address(*dst), target=tc.Address(ep_rec["ip"], port),
+                              trace_id=trace, source_node=self.node)
+                upstream, to_app = await open_tunnel(peer["ip"], msg)
+        except (OSError, asyncio.TimeoutError, StreamRejected, tc.PreambleError, KeyError) as e:
+            return self._reset(conn, f"service {name} via {ep_pod}:{port}: {e or type(e).__name__}")
+        self._relay(conn, upstream, to_a=to_app, service=name, endpoint=f"{ep_pod}:{port}",
+                    trace=trace, source=pod.name)
+
+    async def _connect_local(self, pod_name, ip, port):
+        pod = self.pods.get(pod_name)
+        if pod is None:
+            raise OSError(f"pod {pod_name} is not attached on node {self.node}")
+        return await connect_in_pod(pod.ns_fd, self.home_fd, ip, port)
+
+    async def _tunnel_stream(self, sock):
+        loop = asyncio.get_running_loop()
+        self.stats["tunnel_in"] += 1
+        reader = tc.PreambleReader("open")
+        try:
+            ev = await asyncio.wait_for(read_preamble(sock, reader), PREAMBLE_TIMEOUT)
+        except tc.PreambleError as e:
+            return await self._reject(sock, e.reason, str(e), "")
+        except asyncio.TimeoutError:
+            return await self._reject(sock, "malformed", f"no complete StreamOpen within {PREAMBLE_TIMEOUT}s", "")
+        except OSError:
+            sock.close()
+            return
+        svc = self.doc["services"].get(ev.service)
+        mapping = svc and next((m for m in svc["ports"] if m["port"] == ev.port), None)
+        if not mapping:
+            return await self._reject(sock, "no_such_service", f"no service {ev.service} port {ev.port}", ev.trace_id)
+        local = [e for e in svcs.endpoints(self.doc, svc, mapping)
+                 if e[1]["node"] == self.node and e[1]["ip"] == ev.target.ip and e[2] == ev.target.port]
+        if not local:
+            return await self._reject(sock, "no_endpoint",
+                                      f"{ev.target.ip}:{ev.target.port} is no endpoint of {ev.service} here", ev.trace_id)
+        try:
+            upstream = await self._connect_local(local[0][0], ev.target.ip, ev.target.port)
+        except (OSError, asyncio.TimeoutError) as e:
+            return await self._reject(sock, "refused_by_app", str(e), ev.trace_id)
+        try:
+            await loop.sock_sendall(sock, tc.encode_accept(tc.Accept(version=tc.VERSION, trace_id=ev.trace_id)))
+        except OSError:
+            upstream.close()
+            sock.close()
+            return
+        self._relay(sock, upstream, to_b=reader.leftover, service=ev.service, trace=ev.trace_id,
+                    source=f"{ev.source_node}/{ev.source_pod}")
+
+    async def _reject(self, sock, reason, detail, trace):
+        self.stats["rejected"] += 1
+        log.info("tunnel stream rejected: %s: %s", reason, detail)
+        try:
+            await asyncio.get_running_loop().sock_sendall(
+                sock, tc.encode_reject(tc.Reject(reason=reason, detail=detail[:200], trace_id=trace)))
+        except OSError:
+            pass
+        sock.close()
+
+    # ------------------------------------------------------------ admin
+
+    async def _admin(self, req):
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd == "sync":
+            self.reconcile(self.store.read())
+            return self.status()
+        if cmd == "shutdown":
+            self.stopping.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown admin command {cmd!r}"}
+
+    def status(self) -> dict:
+        from .pump import IMPL
+        return {"ok": True, "node": self.node, "pid": os.getpid(), "revision": self.doc["revision"],
+                "pods": sorted(self.pods), "services": len(self.doc["services"]),
+                "connections": len(self.relays), "relay": IMPL, "stats": self.stats,
+                "map_updates": self.maps.updates if self.maps else 0, "errors": self.errors}
+
+
+def run(store: Store, node: str, run_root: str) -> int:
+    """Foreground entry: enter the node's namespace, serve until told to stop."""
+    doc = store.read()
+    rec = doc["nodes"].get(node)
+    if rec and rec.get("netns"):
+        netns.setns(netns.open_fd(rec["netns"]))  # before any thread exists
+    home_fd = netns.self_fd()
+
+    async def main():
+        fwd = Forwarder(store, node, run_root, home_fd)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, fwd.stopping.set)
+        await fwd.start()
+        try:
+            await fwd.stopping.wait()
+        finally:
+            await fwd.stop()
+        return 0
+
+    return asyncio.run(main())
+
+
+def cleanup_stale(doc: dict, node: str, run_root: str) -> list:
+    """Undo what a killed forwarder of this node left: attachments, pins, cgroup, pidfile."""
+    done = []
+    paths = node_paths(run_root, doc["cluster"], node)
+    cg = topology.forwarder_cgroup(doc["cluster"], node)
+    for pod in doc["pods"].values():
+        if pod["node"] == node and os.path.isdir(pod["cgroup"]) and detach_stale(pod["cgroup"]):
+            done.append(f"programs on {pod['cgroup']}")
+    if os.path.isdir(cg):
+        if detach_stale(cg):
+            done.append(f"programs on {cg}")
+        cgroups.remove(os.path.dirname(cg))
+        done.append(f"cgroup {cg}")
+    if os.path.isdir(paths["pins"]):
+        bpf_maps.unpin_all(paths["pins"])
+        done.append(f"pins {paths['pins']}")
+    for p in (paths["pidfile"], paths["admin"]):
+        if os.path.exists(p):
+            os.unlink(p)
+    return done
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,67 @@
+"""Socket helpers for the forwarder: marks, namespaces, resets, SO_ORIGINAL_DST."""
+import asyncio
+import socket
+import struct
+
+from . import netns
+from .settings import FORWARDER_MARK
+
+SO_ORIGINAL_DST = 80
+IP_BIND_ADDRESS_NO_PORT = 24
+
+
+def marked_socket(ns_fd: int = None, home_fd: int = None) -> socket.socket:
+    """A non-blocking TCP socket with the forwarder mark, made in namespace ns_fd."""
+    if ns_fd is not None:
+        with netns.entered(ns_fd, home_fd):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def listener(ip: str, port: int, ns_fd: int = None, home_fd: int = None, backlog: int = 4096):
+    s = marked_socket(ns_fd, home_fd)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((ip, port))
+        s.listen(backlog)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+async def connect(s: socket.socket, addr, timeout: float, source: str = None) -> None:
+    if source:
+        s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.bind((source, 0))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, addr), timeout)
+
+
+def original_dst(s: socket.socket):
+    """(ip, port) the app dialled, answered by the getsockopt hook; None if unknown."""
+    try:
+        raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    family, port = struct.unpack_from("!HH", raw)
+    if family != socket.AF_INET and struct.unpack_from("=H", raw)[0] != socket.AF_INET:
+        return None
+    return socket.inet_ntoa(raw[4:8]), port
+
+
+def reset(s: socket.socket) -> None:
+    """Close with RST, so the peer learns at once that the stream failed."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    s.close()

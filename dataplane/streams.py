@@ -1,0 +1,55 @@
+"""Opening the upstream side of a stream: into a pod on this node, or through
+the tunnel to a peer node's forwarder. Both ends are forwarder sockets
+(marked, made outside any pod cgroup), so no hook ever redirects them."""
+import asyncio
+
+from . import tunnel_codec as tc
+from .settings import CONNECT_TIMEOUT, INBOUND_SOURCE, PREAMBLE_TIMEOUT, TUNNEL_PORT
+from .sockets import connect, marked_socket
+
+
+class StreamRejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+async def connect_in_pod(ns_fd: int, home_fd: int, ip: str, port: int):
+    """A connection to the app made from inside its pod, from 127.0.0.6: the
+    app sees a mesh connection, and no route or forwarding is needed."""
+    s = marked_socket(ns_fd, home_fd)
+    try:
+        await connect(s, (ip, port), CONNECT_TIMEOUT, source=INBOUND_SOURCE)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+async def read_preamble(sock, reader: tc.PreambleReader):
+    loop = asyncio.get_running_loop()
+    while True:
+        data = await loop.sock_recv(sock, 4096)
+        if not data:
+            raise ConnectionError("peer closed during the preamble")
+        event = reader.feed(data)
+        if event is not None:
+            return event
+
+
+async def open_tunnel(node_ip: str, open_msg: tc.Open):
+    """Connect to a peer forwarder, send StreamOpen, await its Reply.
+    Returns (socket, bytes the peer already sent for the app)."""
+    loop = asyncio.get_running_loop()
+    s = marked_socket()
+    try:
+        await connect(s, (node_ip, TUNNEL_PORT), CONNECT_TIMEOUT)
+        await loop.sock_sendall(s, tc.encode_open(open_msg))
+        reader = tc.PreambleReader("reply")
+        event = await asyncio.wait_for(read_preamble(s, reader), PREAMBLE_TIMEOUT)
+        if isinstance(event, tc.Reject):
+            raise StreamRejected(event.reason, event.detail)
+        return s, reader.leftover
+    except BaseException:
+        s.close()
+        raise
