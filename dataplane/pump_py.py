@@ -22,8 +22,9 @@ pump(src_fd, dst_fd, pipe_r, pipe_w, pending, budget) -> (moved, pending, status
                  since src is only read into an empty pipe: the caller can shutdown(SHUT_WR)
                  dst right away. While dst is blocked src is not read, so the EOF is seen by a
                  later call, after the flush. EOF is sticky: calling again reports it again.
-    0            budget spent, pipe flushed, src maybe still readable: call again (next loop
-                 iteration / readiness) rather than waiting.
+    0            budget spent, pipe flushed, src maybe still readable: keep src registered
+                 (asyncio's add_reader is level-triggered, so the pump runs again on the next
+                 loop iteration, after the other ready callbacks). Also the result of budget=0.
 - Errors other than EAGAIN (ECONNRESET, EPIPE, ...) raise OSError with that errno (the usual
   subclass, e.g. ConnectionResetError, BrokenPipeError); the pipe content is then undefined
   and the connection should be torn down. EPIPE on dst also raises SIGPIPE, which Python
