@@ -21,17 +21,17 @@ class Hook:
     function: str      # program name (also what bpftool shows)
     prog_type: str     # bcc BPFProgType member
     attach_type: str   # bcc BPFAttachType member
-    bpftool_type: str  # bpftool's name for the attach type
+    bpftool_type: str  # the attach type as `bpftool -j cgroup show` names it
     on_pods: bool
     on_forwarder: bool
 
 
 HOOKS = (
-    Hook("connect4", "gw_connect4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT", "connect4", True, False),
-    Hook("sockops", "gw_sockops", "SOCK_OPS", "CGROUP_SOCK_OPS", "sock_ops", True, True),
+    Hook("connect4", "gw_connect4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT", "cgroup_inet4_connect", True, False),
+    Hook("sockops", "gw_sockops", "SOCK_OPS", "CGROUP_SOCK_OPS", "cgroup_sock_ops", True, True),
     Hook("getpeername4", "gw_getpeername4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_GETPEERNAME",
-         "getpeername4", True, False),
-    Hook("getsockopt", "gw_getsockopt", "CGROUP_SOCKOPT", "CGROUP_GETSOCKOPT", "getsockopt", False, True),
+         "cgroup_inet4_getpeername", True, False),
+    Hook("getsockopt", "gw_getsockopt", "CGROUP_SOCKOPT", "CGROUP_GETSOCKOPT", "cgroup_getsockopt", False, True),
 )
 OUR_NAMES = {h.function for h in HOOKS}
 
@@ -76,7 +76,7 @@ class Programs:
                 if hook.prog_type != "SOCK_OPS":
                     kw["attach_type"] = getattr(bcc.BPFAttachType, hook.attach_type)
                 self._fns[hook.file] = mod.load_func(
-                    hook.function, getattr(bcc.BPFProgType, hook.prog_type), **kw)
+                    hook.function.encode(), getattr(bcc.BPFProgType, hook.prog_type), **kw)
         except Exception as e:
             self.close()
             raise GlasswingError(f"loading BPF programs failed: {str(e).splitlines()[0]}") from None

@@ -57,7 +57,7 @@ class Control:
         self.require_root()
         check_bpf_available()
         with self.store.transaction() as doc:
-            topology.get_node(doc, self.node)
+            topology.ensure_blackhole(topology.get_node(doc, self.node))
         doc = self.store.read()
         pid = self.forwarder_pid(doc=doc)
         if pid:

@@ -10,7 +10,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,61}[A-Za-z0-9])?$")
 
 
 def name(kind: str, value: str) -> str:
-    if not _NAME.match(value or ""):
+    if not _NAME.fullmatch(value or ""):
         raise GlasswingError(
             f"invalid {kind} name {value!r}: use 1-40 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit")
@@ -47,7 +47,7 @@ def labels(pairs) -> dict:
     out = {}
     for pair in pairs or ():
         key, sep, val = pair.partition("=")
-        if not sep or not _LABEL.match(key) or (val and not _LABEL.match(val)):
+        if not sep or not _LABEL.fullmatch(key) or (val and not _LABEL.fullmatch(val)):
             raise GlasswingError(f"invalid label {pair!r}: use key=value")
         out[key] = val
     return out

@@ -53,10 +53,18 @@ class Store:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         with open(self._lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            self._drop_orphans()
             doc = self.read()
             yield doc
             doc["revision"] += 1
             self._write(doc)
+
+    def _drop_orphans(self) -> None:
+        """Temp files of writers killed mid-write (we hold the lock: none is live)."""
+        prefix = os.path.basename(self.path) + ".tmp."
+        for name in os.listdir(self.directory):
+            if name.startswith(prefix):
+                os.unlink(os.path.join(self.directory, name))
 
     def _write(self, doc: dict) -> None:
         tmp = f"{self.path}.tmp.{os.getpid()}"

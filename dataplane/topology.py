@@ -68,8 +68,13 @@ def ensure_local_node(doc: dict) -> dict:
     nodes = doc["nodes"]
     if LOCAL_NODE not in nodes:
         nodes[LOCAL_NODE] = _node_record(doc, LOCAL_NODE, None, None)
-        ip("route", "replace", "blackhole", str(SERVICE_RANGE))
     return nodes[LOCAL_NODE]
+
+
+def ensure_blackhole(node: dict) -> None:
+    """An unredirected service address must go nowhere, even if something
+    (libvirt, say) turned on forwarding in the node's namespace."""
+    ip("route", "replace", "blackhole", str(SERVICE_RANGE), netns=node.get("netns"))
 
 
 def _node_record(doc, name, address, ns):
@@ -190,6 +195,7 @@ def add_pod(doc: dict, name: str, node_name: str, address: str = None, ns: str =
         ip("addr", "add", f"{node['gateway']}/32", "dev", host_if, netns=node_ns)
         ip("link", "set", host_if, "up", netns=node_ns)
         ip("route", "add", f"{addr}/32", "dev", host_if, "scope", "link", netns=node_ns)
+        ensure_blackhole(node)
     doc["pods"][name] = rec
     return rec
 

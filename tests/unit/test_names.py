@@ -13,7 +13,7 @@ def test_valid_names(value):
 
 
 @pytest.mark.parametrize("value", ["", None, "Upper", "with_underscore", "a" * 41, "-a", "a-",
-                                   "a.b", "a b", "é"])
+                                   "a.b", "a b", "é", "p1\n", "\np1"])
 def test_invalid_names(value):
     with pytest.raises(GlasswingError) as e:
         names.name("pod", value)
@@ -96,7 +96,8 @@ def test_labels():
     assert names.labels(["app=a", "app=b"]) == {"app": "b"}
 
 
-@pytest.mark.parametrize("pair", ["app", "=web", "app=we b", "-a=b", "a=-b", "a b=c", "k=" + "v" * 64])
+@pytest.mark.parametrize("pair", ["app", "=web", "app=we b", "-a=b", "a=-b", "a b=c", "k=" + "v" * 64,
+                                  "app=web\n", "app\n=web"])
 def test_invalid_labels(pair):
     with pytest.raises(GlasswingError) as e:
         names.labels(["ok=1", pair])

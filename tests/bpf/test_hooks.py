@@ -1,0 +1,201 @@
+"""The hook programs against the real kernel, without the forwarder: one
+network namespace, a pod cgroup and a forwarder cgroup, small processes in
+each. Checks connect4 (redirect, fail open, fail closed, mark skip),
+sock_ops + getsockopt (SO_ORIGINAL_DST on the accepted socket) and
+getpeername4 (the app sees the VIP).
+
+    netns gwbpf-X:  lo 127.0.0.1   (listener 15001 = "forwarder", backend 9000)
+    cgroups:        .../pod (app processes)   .../fwd (listener process)
+"""
+import ctypes as C
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dataplane import bpf_maps, cgroups, netns
+from dataplane.bpf_programs import HOOKS, Programs, attached, detach_stale
+from dataplane.bpf_state import MapState, desired
+from dataplane.bpf_structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue
+from dataplane.lab import pod_preexec
+from tests.conftest import need_root_and_bpf
+
+VIP, PORT = "198.19.77.7", 80
+
+
+def n32(ip):
+    return int.from_bytes(socket.inet_aton(ip), "little")
+
+
+@pytest.fixture
+def world():
+    need_root_and_bpf()
+    tag = secrets.token_hex(3)
+    ns = f"gwbpf-{tag}"
+    base = os.path.join(cgroups.cgroup2_root(), f"gwbpftest-{tag}")
+    pin = f"/sys/fs/bpf/glasswing/bpftest-{tag}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+    pod, fwd = os.path.join(base, "pod"), os.path.join(base, "fwd")
+    os.makedirs(pod)
+    os.makedirs(fwd)
+    progs, maps, procs = Programs(pin), None, []
+    try:
+        progs.load()
+        maps = MapState(pin)
+        maps.set_config(cgroups.cgroup_id(fwd))
+        progs.attach(pod, "pod")
+        progs.attach(fwd, "forwarder")
+        yield {"ns": ns, "pod": pod, "fwd": fwd, "progs": progs, "maps": maps, "procs": procs, "pin": pin}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        progs.close()
+        if maps:
+            maps.close()
+        bpf_maps.unpin_all(pin)
+        cgroups.remove(base)
+        subprocess.run(["ip", "netns", "delete", ns])
+    assert not os.path.exists(pin)
+    assert not any(name.startswith("gw_") for _i, _t, name in attached(cgroups.cgroup2_root()))
+
+
+def run_in(world, cgroup, code, *args, background=False):
+    argv = [sys.executable, "-c", code, *map(str, args)]
+    pre = pod_preexec({"cgroup": world[cgroup], "netns": world["ns"]})
+    if background:
+        p = subprocess.Popen(argv, preexec_fn=pre, stdout=subprocess.PIPE, text=True)
+        world["procs"].append(p)
+        return p
+    r = subprocess.run(argv, preexec_fn=pre, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+LISTEN = """
+import socket, struct, sys, json
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen(16); print("ready", flush=True)
+while True:
+    c, peer = l.accept()
+    try:
+        raw = c.getsockopt(socket.SOL_IP, 80, 16)
+        fam, port = struct.unpack_from("=H", raw)[0], struct.unpack_from("!H", raw, 2)[0]
+        orig = [socket.inet_ntoa(raw[4:8]), port, fam]
+    except OSError as e:
+        orig = ["error", e.errno]
+    c.sendall((json.dumps({"orig": orig, "who": sys.argv[1]}) + "\\n").encode()); c.close()
+"""
+
+CONNECT = """
+import socket, sys, json
+s = socket.socket()
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    out = {"peer": list(s.getpeername()), "reply": json.loads(s.makefile().readline())}
+except OSError as e:
+    out = {"error": e.errno}
+print(json.dumps(out))
+"""
+
+
+def add_service(world, backend_ip="127.0.0.1", backend_port=9000):
+    want = {"backends": {bytes(BackendKey(svc_id=1, slot=0)):
+                         bytes(BackendValue(ip=n32(backend_ip), port=socket.htons(backend_port)))},
+            "services": {bytes(SvcKey(vip=n32(VIP), port=socket.htons(PORT), proto=6)):
+                         bytes(SvcValue(svc_id=1, count=1))},
+            "pods": {}}
+    return world["maps"].apply(want)
+
+
+def listen(world, cgroup, port):
+    p = run_in(world, cgroup, LISTEN, port, background=True)
+    assert p.stdout.readline().strip() == "ready"
+
+
+def test_programs_attached_to_the_right_cgroups(world):
+    on_pod = sorted(t for _i, t, _n in attached(world["pod"]))
+    on_fwd = sorted(t for _i, t, _n in attached(world["fwd"]))
+    assert on_pod == sorted(h.bpftool_type for h in HOOKS if h.on_pods)
+    assert on_fwd == sorted(h.bpftool_type for h in HOOKS if h.on_forwarder)
+    assert sorted(os.listdir(world["pin"])) == sorted(bpf_maps.MAP_NAMES)
+
+
+def test_redirect_original_dst_and_peername(world):
+    add_service(world)
+    listen(world, "fwd", 15001)
+    out = run_in(world, "pod", CONNECT, VIP, PORT)
+    assert out["reply"]["who"] == "15001"                      # connect4 redirected
+    assert out["reply"]["orig"] == [VIP, PORT, socket.AF_INET]  # sock_ops + getsockopt
+    assert out["peer"] == [VIP, PORT]                           # getpeername4
+
+
+def test_other_destinations_untouched(world):
+    add_service(world)
+    listen(world, "fwd", 15001)
+    listen(world, "fwd", 9000)
+    out = run_in(world, "pod", CONNECT, "127.0.0.1", 9000)
+    assert out["reply"]["who"] == "9000" and out["peer"] == ["127.0.0.1", 9000]
+    assert out["reply"]["orig"][0] == "error"  # no record: getsockopt falls through to the kernel
+
+
+def test_fail_open_translates_in_kernel(world):
+    add_service(world)
+    listen(world, "fwd", 9000)  # the endpoint; no forwarder listener on 15001
+    out = run_in(world, "pod", CONNECT, VIP, PORT)
+    assert out["reply"]["who"] == "9000"
+    assert out["peer"] == [VIP, PORT]
+
+
+def test_fail_closed_refuses_at_once(world):
+    add_service(world)
+    world["maps"].maps["pods"].update(C.c_uint64(cgroups.cgroup_id(world["pod"])),
+                                      PodSettings(fail_mode=GW_FAIL_CLOSED))
+    listen(world, "fwd", 9000)
+    t = time.monotonic()
+    out = run_in(world, "pod", CONNECT, VIP, PORT)
+    assert out == {"error": 1}  # EPERM
+    assert time.monotonic() - t < 5
+
+
+def test_forwarder_cgroup_is_never_redirected(world):
+    add_service(world, backend_ip="127.0.0.1", backend_port=9000)
+    listen(world, "fwd", 15001)
+    out = run_in(world, "fwd", CONNECT, VIP, PORT)
+    assert "error" in out  # not redirected: the VIP has no route in this namespace
+
+
+def test_map_updates_are_incremental(world):
+    doc = {"services": {}, "pods": {}}
+    assert world["maps"].apply(desired(doc, "n", {})) == 0
+    doc["pods"] = {"a": {"node": "n", "ip": "198.18.1.2", "labels": {}}}
+    doc["services"] = {f"s{i}": {"id": i, "vip": f"198.19.0.{10 + i}", "ports": [{"port": 80, "target": 8080}],
+                                 "endpoints": [{"pod": "a", "port": None}], "selector": None}
+                       for i in range(1, 6)}
+    assert world["maps"].apply(desired(doc, "n", {"a": 1})) == 5 + 5 + 1
+    assert world["maps"].apply(desired(doc, "n", {"a": 1})) == 0
+    doc["services"]["s3"]["ports"][0]["target"] = 9090
+    assert world["maps"].apply(desired(doc, "n", {"a": 1})) == 1  # one backend
+    del doc["services"]["s5"]
+    assert world["maps"].apply(desired(doc, "n", {"a": 1})) == 2  # its service and backend
+
+
+def test_stale_programs_detached_by_a_new_owner(world):
+    first = world["progs"]
+    second = Programs(world["pin"])
+    second.load()
+    try:
+        second.attach(world["pod"], "pod")  # replaces first's programs on the pod cgroup
+        ids = {i for i, _t, _n in attached(world["pod"])}
+        assert ids and ids <= second.prog_ids() and not ids & first.prog_ids()
+    finally:
+        second.close()
+    assert attached(world["pod"]) == []
+    assert detach_stale(world["fwd"]) == 2  # first's, left on fwd, as after a crash
+    assert attached(world["fwd"]) == []

@@ -1,0 +1,78 @@
+"""The integration topology, built with the real CLI code and torn down even
+when tests fail:
+
+    n1 (netns, forwarder)  --- underlay br0 ---  n2 (netns, forwarder)
+      client  198.18.1.2                           web2 198.18.2.2 app=web
+      web1    198.18.1.3 app=web
+    services: web 80->8080 (selector app=web), near 7000 -> web1,
+              far 7000 -> web2, iperf-near/far 5201, empty 80 (no endpoint),
+              dead-far 7100 -> web2:7100 (nothing listens)
+"""
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from dataplane.lab import Lab
+from tests.conftest import need_root_and_bpf, need_tools
+from tests import leaks
+
+PEERS = os.path.join(os.path.dirname(__file__), "peers.py")
+
+
+def wait_listening(lab, pod, ip, port, timeout=10.0):
+    probe = f"import socket; socket.create_connection(('{ip}', {port}), 1).close()"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lab.run(pod, [sys.executable, "-c", probe]).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{ip}:{port} in {pod} never listened")
+
+
+def client(lab, ip, port, size=0, pod="client"):
+    r = lab.run(pod, [sys.executable, PEERS, "client", ip, str(port), str(size)], timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="session")
+def kernel_before():
+    need_root_and_bpf()
+    need_tools("iperf3", "curl", "bpftool")
+    return leaks.snapshot()
+
+
+@pytest.fixture(scope="module")
+def mesh(kernel_before):
+    lab = Lab("gwtest")
+    try:
+        lab.node("n1")
+        lab.node("n2")
+        lab.pod("client", "n1")
+        lab.pod("web1", "n1", labels={"app": "web"})
+        lab.pod("web2", "n2", labels={"app": "web"})
+        lab.service("web", ports=["80:8080"], selector={"app": "web"})
+        lab.service("near", ports=["7000"], endpoints=["web1"])
+        lab.service("far", ports=["7000"], endpoints=["web2"])
+        lab.service("iperf-near", ports=["5201"], endpoints=["web1"])
+        lab.service("iperf-far", ports=["5201"], endpoints=["web2"])
+        lab.service("empty", ports=["80"])
+        lab.service("dead-far", ports=["7100"], endpoints=["web2"])
+        lab.up("n1")
+        lab.up("n2")
+        doc = lab.doc
+        for name in ("web1", "web2"):
+            ip = doc["pods"][name]["ip"]
+            lab.spawn(name, [sys.executable, PEERS, "serve", name])
+            lab.spawn(name, ["iperf3", "-s", "-B", ip, "-p", "5201"])
+            for port in (8080, 7000, 5201):
+                wait_listening(lab, "client", ip, port)
+        lab.vips = {n: s["vip"] for n, s in doc["services"].items()}
+        lab.ips = {n: p["ip"] for n, p in doc["pods"].items()}
+        yield lab
+    finally:
+        lab.release()
+        leaks.assert_clean(kernel_before, leaks.snapshot())
