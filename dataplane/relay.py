@@ -5,6 +5,7 @@ splice loop, or its Python twin), never in a Python loop per chunk. The state
 of a relay is explicit (pending bytes per direction, half-close, counters) so
 a later upgrade can hand it, with its sockets, to another process.
 """
+import os
 import socket
 
 from . import pump as _pump
@@ -25,8 +26,11 @@ class Direction:
         self.done = False
         self.reading = self.writing = False
         if initial:  # bytes read ahead of the relay (after a preamble) go first
-            import os
-            self.pending = os.write(self.pipe_w, initial)
+            view = memoryview(initial)
+            while view:  # at most one preamble read (4 KiB): far below the pipe's size
+                n = os.write(self.pipe_w, view)
+                self.pending += n
+                view = view[n:]
 
 
 class Relay:
