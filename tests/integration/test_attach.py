@@ -1,0 +1,69 @@
+"""Pods made from a namespace and a cgroup someone else created (as a
+container runtime would), and `glasswing pod exec` as a user runs it."""
+import json
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from dataplane import cgroups
+from dataplane.lab import Lab
+from tests import leaks
+
+from .conftest import PEERS, wait_listening
+
+GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
+
+
+@pytest.fixture
+def foreign(kernel_before):
+    """A namespace and a cgroup that belong to the test, not to glasswing."""
+    tag = secrets.token_hex(3)
+    ns, cg = f"runtime-{tag}", os.path.join(cgroups.cgroup2_root(), f"runtime-{tag}")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    os.makedirs(cg)
+    lab = Lab("gwattach")
+    try:
+        yield lab, ns, cg
+    finally:
+        lab.release()
+        # glasswing gave them back as it found them
+        assert os.path.exists(f"/run/netns/{ns}") and os.path.isdir(cg)
+        links = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True).stdout
+        assert "gw0" not in links
+        subprocess.run(["ip", "netns", "delete", ns])
+        cgroups.remove(cg)
+        leaks.assert_clean(kernel_before, leaks.snapshot())
+
+
+def test_attached_namespace_and_cgroup_join_the_mesh(foreign):
+    lab, ns, cg = foreign
+    lab.node("n1")
+    pod = lab.pod("ext", "n1", ns=ns, cgroup=cg)
+    assert pod["netns"] == ns and pod["cgroup"] == cg and not pod["netns_owned"]
+    lab.pod("web", "n1")
+    svc = lab.service("echo", ports=["7000"], endpoints=["web"])
+    lab.up("n1")
+    lab.spawn("web", [sys.executable, PEERS, "serve", "web"])
+    wait_listening(lab, "ext", lab.doc["pods"]["web"]["ip"], 7000)
+    # the real command, as a user types it
+    r = subprocess.run([GLASSWING, "pod", "exec", "ext", "--", sys.executable, PEERS, "client",
+                        svc["vip"], "7000", "1000"], env=lab.env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["peername"] == [svc["vip"], 7000] and out["greeting"] == ["web", "127.0.0.6"] and out["same"]
+    with open(os.path.join(cg, "cgroup.procs")) as f:
+        assert f.read().strip() == ""  # pod exec's process ran in the cgroup and is gone
+    lab.ctl().pod_rm("ext")
+    assert "ext" not in lab.doc["pods"]
+
+
+def test_pod_exec_reports_missing_command(foreign):
+    lab, _ns, _cg = foreign
+    lab.node("n1")
+    lab.pod("p", "n1")
+    r = subprocess.run([GLASSWING, "pod", "exec", "p", "--", "no-such-command-xyz"], env=lab.env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr.strip() == "glasswing: error: command not found: no-such-command-xyz"
