@@ -11,10 +11,23 @@ all: build
 install:
 	bash scripts/install.sh $(VENV)
 
-build: install
-	$(PY) -m grpc_tools.protoc -I dataplane/proto --python_out=dataplane/proto dataplane/proto/tunnel.proto
-	$(VENV)/bin/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+PROTOS := $(wildcard dataplane/proto/*.proto)
+PB2    := $(PROTOS:.proto=_pb2.py)
+PYX    := $(wildcard ext/*.pyx)
+
+build: install $(PB2) $(VENV)/bin/glasswing .build-ext
+
+dataplane/proto/%_pb2.py: dataplane/proto/%.proto
+	$(PY) -m grpc_tools.protoc -I dataplane/proto --python_out=dataplane/proto $<
+
+$(VENV)/bin/glasswing: setup.py
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . 2>&1 \
+	  | grep -v -e '^ *$$' -e 'Editable installation' -e '\*\*\*' -e '!!' -e 'working directory' -e 'may take precedence' -e 'wheel_obj' || true
+	test -x $@
+
+.build-ext: $(PYX) $(wildcard ext/*.pxd) setup.py
 	$(PY) setup.py -q build_ext --inplace
+	touch $@
 
 demo: build
 	$(VENV)/bin/glasswing demo
@@ -32,4 +45,4 @@ test-unit test-bpf test-integration: build
 	$(PYTEST) -q -rs tests/$(subst test-,,$@)
 
 clean:
-	rm -rf build *.egg-info dataplane/*.so dataplane/proto/*_pb2.py ext/*.c
+	rm -rf build *.egg-info .build-ext dataplane/*.so dataplane/proto/*_pb2.py ext/*.c
