@@ -2,8 +2,11 @@
  * the forwarder's outbound listener inside the pod's own namespace. With no
  * listener there (forwarder down), the pod's fail mode decides: open
  * translates to one of the service's endpoints here in the kernel, closed
- * fails the connect at once (EPERM). Anything else passes untouched. */
+ * fails the connect at once (EPERM). A connected UDP socket to port 53 (a
+ * resolver, as glibc does it) goes to the forwarder's DNS resolver when one
+ * is bound. Anything else passes untouched. */
 #include "maps.h"
+#include "dns.h"
 
 static __always_inline int forwarder_listening(struct bpf_sock_addr *ctx, struct gw_config *cfg)
 {
@@ -31,7 +34,7 @@ int gw_connect4(struct bpf_sock_addr *ctx)
 	struct orig_dst *st;
 	__u32 zero = 0;
 
-	if (!sk || ctx->type != GW_SOCK_STREAM)
+	if (!sk)
 		return 1;
 	/* bcc rewrites map calls only in the main file, hence no helper in maps.h */
 	cfg = gw_config.lookup(&zero);
@@ -39,6 +42,21 @@ int gw_connect4(struct bpf_sock_addr *ctx)
 		return 1;
 	if (sk->mark == cfg->mark || bpf_get_current_cgroup_id() == cfg->fwd_cgroup_id)
 		return 1;
+	if (ctx->type != GW_SOCK_STREAM) {
+		if ((__u16)ctx->user_port != GW_DNS_PORT_N || !cfg->dns_port || !resolver_bound(ctx, cfg))
+			return 1;
+		st = gw_orig.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st)
+			return 1;
+		st->ip = ctx->user_ip4;
+		st->port = (__u16)ctx->user_port;
+		st->flags = GW_DNS;
+		st->redir_ip = cfg->outbound_ip;
+		st->redir_port = cfg->dns_port;
+		ctx->user_ip4 = cfg->outbound_ip;
+		ctx->user_port = cfg->dns_port;
+		return 1;
+	}
 
 	key.vip = ctx->user_ip4;
 	key.port = (__u16)ctx->user_port;

@@ -24,6 +24,9 @@
 /* orig_dst.flags */
 #define GW_REDIRECTED 1 /* sent to the forwarder's outbound listener */
 #define GW_TRANSLATED 2 /* no forwarder: fail-open translation to an endpoint in the kernel */
+#define GW_DNS 4        /* a DNS query sent to the forwarder's resolver */
+
+#define GW_DNS_PORT_N 0x3500 /* 53 in network order (little-endian load) */
 
 /* pod_settings.fail_mode */
 #define GW_FAIL_OPEN 0
@@ -67,7 +70,7 @@ struct gw_config {
 	__u64 fwd_cgroup_id; /* forwarder's own cgroup: never redirected */
 	__u32 mark;          /* SO_MARK on forwarder sockets: never redirected */
 	__u16 outbound_port; /* forwarder outbound listener, network order */
-	__u16 pad;
+	__u16 dns_port;      /* forwarder DNS resolver (UDP, same address), network order */
 	__u32 outbound_ip;   /* network order, 127.0.0.1 */
 	__u32 pad2;
 };

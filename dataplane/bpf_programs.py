@@ -31,6 +31,10 @@ HOOKS = (
     Hook("sockops", "gw_sockops", "SOCK_OPS", "CGROUP_SOCK_OPS", "cgroup_sock_ops", True, True),
     Hook("getpeername4", "gw_getpeername4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_GETPEERNAME",
          "cgroup_inet4_getpeername", True, False),
+    Hook("sendmsg4", "gw_sendmsg4", "CGROUP_SOCK_ADDR", "CGROUP_UDP4_SENDMSG", "cgroup_udp4_sendmsg",
+         True, False),
+    Hook("recvmsg4", "gw_recvmsg4", "CGROUP_SOCK_ADDR", "CGROUP_UDP4_RECVMSG", "cgroup_udp4_recvmsg",
+         True, False),
     Hook("getsockopt", "gw_getsockopt", "CGROUP_SOCKOPT", "CGROUP_GETSOCKOPT", "cgroup_getsockopt", False, True),
 )
 OUR_NAMES = {h.function for h in HOOKS}

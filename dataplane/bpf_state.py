@@ -13,7 +13,7 @@ from . import services as svcs
 from .bpf_maps import PinnedMap
 from .bpf_structs import (BackendKey, BackendValue, GW_FAIL_CLOSED, GW_FAIL_OPEN, GwConfig,
                           PodSettings, SvcKey, SvcValue)
-from .settings import FORWARDER_MARK, OUTBOUND_IP, OUTBOUND_PORT
+from .settings import DNS_PORT, FORWARDER_MARK, OUTBOUND_IP, OUTBOUND_PORT
 
 IPPROTO_TCP = 6
 PORTS_PER_SERVICE = 256  # svc_id = service id * 256 + port index
@@ -58,7 +58,8 @@ class MapState:
 
     def set_config(self, fwd_cgroup_id: int) -> None:
         cfg = GwConfig(fwd_cgroup_id=fwd_cgroup_id, mark=FORWARDER_MARK,
-                       outbound_port=_n16(OUTBOUND_PORT), outbound_ip=_n32(OUTBOUND_IP))
+                       outbound_port=_n16(OUTBOUND_PORT), dns_port=_n16(DNS_PORT),
+                       outbound_ip=_n32(OUTBOUND_IP))
         self.maps["config"].update(C.c_uint32(0), cfg)
 
     def apply(self, want: dict) -> int:

@@ -8,6 +8,7 @@ import ctypes as C
 
 GW_REDIRECTED = 1
 GW_TRANSLATED = 2
+GW_DNS = 4
 GW_FAIL_OPEN = 0
 GW_FAIL_CLOSED = 1
 
@@ -46,7 +47,7 @@ class GwConfig(C.Structure):
     _fields_ = [("fwd_cgroup_id", C.c_uint64),
                 ("mark", C.c_uint32),
                 ("outbound_port", C.c_uint16),  # (n)
-                ("pad", C.c_uint16),
+                ("dns_port", C.c_uint16),  # (n)
                 ("outbound_ip", C.c_uint32),  # (n)
                 ("pad2", C.c_uint32)]
 

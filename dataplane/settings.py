@@ -16,6 +16,7 @@ MESH_RANGE = ipaddress.IPv4Network("198.18.0.0/15")  # the only routes a pod get
 OUTBOUND_IP = "127.0.0.1"
 OUTBOUND_PORT = 15001
 TUNNEL_PORT = 15008
+DNS_PORT = 15053  # UDP, the forwarder's resolver in each pod's namespace
 INBOUND_SOURCE = "127.0.0.6"  # source of connections the forwarder makes into a pod
 FORWARDER_MARK = 0x6777  # SO_MARK on every forwarder socket; connect4 leaves these alone
 

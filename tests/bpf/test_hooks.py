@@ -199,3 +199,47 @@ def test_stale_programs_detached_by_a_new_owner(world):
     assert attached(world["pod"]) == []
     assert detach_stale(world["fwd"]) == 2  # first's, left on fwd, as after a crash
     assert attached(world["fwd"]) == []
+
+
+UDP_RESPONDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 15053)); print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(b"answer:" + data, peer)
+"""
+
+DNS_CLIENT = """
+import socket, sys, json
+server = (sys.argv[1], 53)
+out = {}
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b"q1", server)
+data, src = s.recvfrom(2048)
+out["sendto"] = [data.decode(), list(src)]
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(2)
+c.connect(server); c.send(b"q2")
+data, src = c.recvfrom(2048)
+out["connected"] = [data.decode(), list(src), list(c.getpeername())]
+print(json.dumps(out))
+"""
+
+NAMESERVER = "198.18.250.53"  # inside the benchmarking range; nothing is there
+
+
+def test_dns_steered_to_resolver_and_answers_come_from_the_server_asked(world):
+    p = run_in(world, "fwd", UDP_RESPONDER, background=True)
+    assert p.stdout.readline().strip() == "ready"
+    out = run_in(world, "pod", DNS_CLIENT, NAMESERVER)
+    assert out["sendto"] == ["answer:q1", [NAMESERVER, 53]]
+    assert out["connected"] == ["answer:q2", [NAMESERVER, 53], [NAMESERVER, 53]]
+
+
+def test_dns_untouched_without_resolver(world):
+    code = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "try:\n    s.sendto(b'q', (sys.argv[1], 53)); print('{\"sent\": true}')\n"
+            "except OSError as e:\n    print('{\"errno\": %d}' % e.errno)\n")
+    out = run_in(world, "pod", code, NAMESERVER)
+    assert out == {"errno": 101}  # ENETUNREACH: left alone, and this namespace has no route
