@@ -14,11 +14,11 @@ import signal
 import time
 
 from . import bpf_maps, cgroups, netns, topology
-from . import services as svcs
 from . import tunnel_codec as tc
 from .admin import serve as serve_admin
 from .bpf_programs import Programs, detach_stale
 from .bpf_state import MapState, desired
+from .catalog import Catalog
 from .lb import RoundRobin
 from .relay import Relay
 from .settings import LOCAL_NODE, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT, TUNNEL_PORT
@@ -60,6 +60,7 @@ class Forwarder:
     def __init__(self, store: Store, node: str, run_root: str, home_fd: int):
         self.store, self.node, self.home_fd = store, node, home_fd
         self.doc = store.read()
+        self.catalog = Catalog(self.doc)
         self.cluster = self.doc["cluster"]
         self.paths = node_paths(run_root, self.cluster, node)
         self.cgroup = topology.forwarder_cgroup(self.cluster, node)
@@ -154,6 +155,7 @@ class Forwarder:
     def reconcile(self, doc: dict) -> None:
         self.stamp = self.store.stamp()
         self.doc = doc
+        self.catalog = Catalog(doc)
         want = {n: p for n, p in doc["pods"].items() if p["node"] == self.node}
         for name in [n for n in self.pods if n not in want or want[n]["cgroup"] != self.pods[n].cgroup]:
             self._drop_pod(name)
@@ -212,29 +214,28 @@ class Forwarder:
         dst = original_dst(conn)
         if dst is None:
             return self._reset(conn, f"pod {pod.name}: no original destination")
-        match = svcs.find_by_vip(self.doc, *dst)
-        if match is None:
+        sp = self.catalog.service_port(*dst)
+        if sp is None:
             return self._reset(conn, f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
-        name, svc, mapping = match
-        ep = self.rr.pick((name, mapping["port"]), svcs.endpoints(self.doc, svc, mapping))
+        name = sp.service
+        ep = self.rr.pick((name, sp.port), sp.endpoints)
         if ep is None:
             return self._reset(conn, f"service {name}: no endpoint")
-        ep_pod, ep_rec, port = ep
         trace = secrets.token_hex(16)
         try:
-            if ep_rec["node"] == self.node:
-                upstream, to_app = await self._connect_local(ep_pod, ep_rec["ip"], port), b""
+            if ep.node == self.node:
+                upstream, to_app = await self._connect_local(ep.pod, ep.ip, ep.port), b""
             else:
-                peer = self.doc["nodes"][ep_rec["node"]]
+                peer = self.doc["nodes"][ep.node]
                 msg = tc.Open(version=tc.VERSION, source_pod=pod.name,
                               source_identity=f"glasswing://{self.cluster}/pod/{pod.name}",
-                              service=name, port=mapping["port"],
-                              original_dst=tc.Address(*dst), target=tc.Address(ep_rec["ip"], port),
+                              service=name, port=sp.port,
+                              original_dst=tc.Address(*dst), target=tc.Address(ep.ip, ep.port),
                               trace_id=trace, source_node=self.node)
                 upstream, to_app = await open_tunnel(peer["ip"], msg)
         except (OSError, asyncio.TimeoutError, StreamRejected, tc.PreambleError, KeyError) as e:
-            return self._reset(conn, f"service {name} via {ep_pod}:{port}: {e or type(e).__name__}")
-        self._relay(conn, upstream, to_a=to_app, service=name, endpoint=f"{ep_pod}:{port}",
+            return self._reset(conn, f"service {name} via {ep.pod}:{ep.port}: {e or type(e).__name__}")
+        self._relay(conn, upstream, to_a=to_app, service=name, endpoint=f"{ep.pod}:{ep.port}",
                     trace=trace, source=pod.name)
 
     async def _connect_local(self, pod_name, ip, port):
@@ -256,17 +257,16 @@ class Forwarder:
         except OSError:
             sock.close()
             return
-        svc = self.doc["services"].get(ev.service)
-        mapping = svc and next((m for m in svc["ports"] if m["port"] == ev.port), None)
-        if not mapping:
+        sp = self.catalog.by_name.get((ev.service, ev.port))
+        if sp is None:
             return await self._reject(sock, "no_such_service", f"no service {ev.service} port {ev.port}", ev.trace_id)
-        local = [e for e in svcs.endpoints(self.doc, svc, mapping)
-                 if e[1]["node"] == self.node and e[1]["ip"] == ev.target.ip and e[2] == ev.target.port]
+        local = [e for e in sp.endpoints
+                 if e.node == self.node and e.ip == ev.target.ip and e.port == ev.target.port]
         if not local:
             return await self._reject(sock, "no_endpoint",
                                       f"{ev.target.ip}:{ev.target.port} is no endpoint of {ev.service} here", ev.trace_id)
         try:
-            upstream = await self._connect_local(local[0][0], ev.target.ip, ev.target.port)
+            upstream = await self._connect_local(local[0].pod, ev.target.ip, ev.target.port)
         except (OSError, asyncio.TimeoutError) as e:
             return await self._reject(sock, "refused_by_app", str(e), ev.trace_id)
         try:

@@ -1,0 +1,44 @@
+"""The forwarder's view of the store, indexed for what each connection and
+each DNS query asks: service by VIP:port, endpoints of a service port,
+VIP by name. Rebuilt on every store change (off the per-connection path),
+read-only in between."""
+from dataclasses import dataclass, field
+
+from . import services as svcs
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pod: str
+    node: str
+    ip: str
+    port: int
+
+
+@dataclass
+class ServicePort:
+    service: str          # the service's key in the store
+    port: int
+    target: int
+    endpoints: list = field(default_factory=list)
+
+
+class Catalog:
+    def __init__(self, doc: dict):
+        self.revision = doc.get("revision", 0)
+        self.by_vip = {}      # (vip, port) -> ServicePort
+        self.by_name = {}     # (service key, port) -> ServicePort
+        self.vips = {}        # (namespace, name) -> vip
+        for key, svc in doc["services"].items():
+            ns, name = svc.get("namespace", "default"), svc.get("name", key)
+            self.vips[(ns, name)] = svc["vip"]
+            for m in svc["ports"]:
+                sp = ServicePort(key, m["port"], m["target"])
+                for pod, rec, port in svcs.endpoints(doc, svc, m):
+                    if rec.get("health", "healthy") != "unhealthy":
+                        sp.endpoints.append(Endpoint(pod, rec["node"], rec["ip"], port))
+                self.by_vip[(svc["vip"], m["port"])] = sp
+                self.by_name[(key, m["port"])] = sp
+
+    def service_port(self, vip: str, port: int):
+        return self.by_vip.get((vip, port))
