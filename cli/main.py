@@ -14,17 +14,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glasswing", description=__doc__)
     p.add_argument("--node", default=os.environ.get("GLASSWING_NODE", LOCAL_NODE),
                    help="node to act on (default: local, this host; or a simulated node)")
-    p.add_argument("--state-dir", help="embedded store directory (default /var/lib/glasswing)")
+    p.add_argument("--store", help="file:///DIR (embedded, default /var/lib/glasswing) or etcd://HOST:PORT; "
+                                   "also GLASSWING_STORE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
-    up = sub.add_parser("up", help="start this node's forwarder")
+    up = sub.add_parser("up", help="start this node's forwarder (--store etcd://HOST:PORT for many nodes)")
     up.add_argument("--foreground", action="store_true", help="run in the foreground (no daemon)")
     sub.add_parser("down", help="stop the forwarder and remove everything it made")
     sub.add_parser("status", help="forwarder state")
     sub.add_parser("doctor", help="check that this machine can run the mesh")
     demo = sub.add_parser("demo", help="two simulated nodes, a request and iperf3 through the mesh")
     demo.add_argument("--seconds", type=int, default=5, help="iperf3 run length")
+
+    ap = sub.add_parser("apply", help="store services, routes, policies and settings from YAML")
+    ap.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
+    g = sub.add_parser("get", help="show stored objects")
+    g.add_argument("kind", help="service, endpoint, route, trafficpolicy or meshsettings")
+    g.add_argument("name", nargs="?")
+    g.add_argument("-o", "--output", choices=("yaml", "json", "table"), default="table")
+    g.add_argument("-n", "--namespace", default="default")
+    d = sub.add_parser("delete", help="delete a stored object")
+    d.add_argument("kind")
+    d.add_argument("name")
+    d.add_argument("-n", "--namespace", default="default")
 
     node = sub.add_parser("node", help="simulated nodes").add_subparsers(dest="sub", required=True)
     n = node.add_parser("add", help="a node: its own namespace on the underlay")
@@ -75,7 +88,7 @@ def run(args):
     from dataplane.control import Control
     from dataplane import names
 
-    ctl = Control(node=args.node, state=args.state_dir)
+    ctl = Control(node=args.node, store=args.store)
     if args.node != LOCAL_NODE:
         names.name("node", args.node)
     cmd, sub = args.cmd, getattr(args, "sub", None)
@@ -85,7 +98,7 @@ def run(args):
             from dataplane.bpf_programs import check_bpf_available
             from dataplane.forwarder import run as run_forwarder
             check_bpf_available()
-            return run_forwarder(ctl.store, args.node, ctl.run_root)
+            return run_forwarder(ctl.store_url, args.node, ctl.run_root)
         st = ctl.up()
         emit(st, args.json, lambda s: print(f"forwarder for node {s['node']} running, pid {s['pid']}, "
                                             f"{len(s['pods'])} pods, relay {s['relay']}"))
@@ -102,6 +115,8 @@ def run(args):
     elif cmd == "demo":
         from dataplane.demo import run_demo
         return run_demo(seconds=args.seconds)
+    elif cmd in ("apply", "get", "delete"):
+        return _config(ctl, args, cmd)
     elif cmd == "node":
         return _node(ctl, args, sub)
     elif cmd == "pod":
@@ -119,6 +134,48 @@ def _print_status(s):
           f"connections: {s['connections']}; relay: {s['relay']}")
     for k, v in (s.get("errors") or {}).items():
         print(f"  error: {k}: {v}")
+
+
+def _config(ctl, args, cmd):
+    from dataplane import config_schema as cs
+    from dataplane import config_store as store
+    if cmd == "apply":
+        ctl.require_root()
+        docs = cs.load_all(args.filename)
+        done = store.apply(ctl.store, docs)
+        ctl.notify()
+        emit([{"kind": k, "key": key, "action": a} for k, key, a in done], args.json,
+             lambda rows: [print(f"{r['kind'].lower()}/{r['key']} {r['action']}") for r in rows])
+        return 0
+    kind = store.kind_of(args.kind)
+    if args.name and "/" not in args.name and kind != "MeshSettings":
+        args.name = f"{args.namespace}/{args.name}"
+    if cmd == "delete":
+        ctl.require_root()
+        key = store.delete(ctl.store, kind, args.name)
+        ctl.notify()
+        print(f"{kind.lower()}/{key} deleted")
+        return 0
+    docs = store.get(ctl.store.read(), kind, args.name)
+    out = "json" if args.json else args.output
+    if out == "yaml":
+        print(cs.dump_yaml(docs), end="")
+    elif out == "json":
+        print(cs.dump_json(docs), end="")
+    else:
+        table([[d["metadata"].get("namespace", "-"), d["metadata"]["name"], _summary(d)] for d in docs],
+              ["NAMESPACE", "NAME", "SPEC"])
+    return 0
+
+
+def _summary(d) -> str:
+    spec = d.get("spec", {})
+    if d["kind"] == "Service":
+        ports = ",".join(f"{p['port']}:{p.get('targetPort', p['port'])}" for p in spec.get("ports", []))
+        return f"{spec.get('vip', '-')} {ports}"
+    if d["kind"] == "Endpoint":
+        return f"{spec.get('service')} {spec.get('address')}:{spec.get('port')} {spec.get('health', '')}"
+    return ", ".join(f"{k}" for k in spec)
 
 
 def _node(ctl, args, sub):

@@ -9,14 +9,12 @@ import os
 import socket
 import struct
 
-from . import services as svcs
 from .bpf_maps import PinnedMap
 from .bpf_structs import (BackendKey, BackendValue, GW_FAIL_CLOSED, GW_FAIL_OPEN, GwConfig,
                           PodSettings, SvcKey, SvcValue)
 from .settings import DNS_PORT, FORWARDER_MARK, OUTBOUND_IP, OUTBOUND_PORT
 
 IPPROTO_TCP = 6
-PORTS_PER_SERVICE = 256  # svc_id = service id * 256 + port index
 
 
 def _n32(ip: str) -> int:
@@ -27,18 +25,29 @@ def _n16(port: int) -> int:
     return socket.htons(port)
 
 
-def desired(doc: dict, node: str, cgroup_ids: dict) -> dict:
-    """{map name: {key bytes: value bytes}} for services, backends and pods."""
+class ServiceIds:
+    """Small stable ids for service ports, local to this forwarder's maps."""
+
+    def __init__(self):
+        self.ids = {}
+
+    def get(self, key) -> int:
+        if key not in self.ids:
+            self.ids[key] = len(self.ids) + 1
+        return self.ids[key]
+
+
+def desired(catalog, doc: dict, node: str, cgroup_ids: dict, ids: ServiceIds) -> dict:
+    """{map name: {key bytes: value bytes}} for services, backends and pods.
+    Backends (for fail-open translation) are the registered healthy endpoints."""
     services, backends, pods = {}, {}, {}
-    for name, svc in doc["services"].items():
-        for idx, m in enumerate(svc["ports"][:PORTS_PER_SERVICE]):
-            sid = svc["id"] * PORTS_PER_SERVICE + idx
-            eps = svcs.endpoints(doc, svc, m)
-            key = SvcKey(vip=_n32(svc["vip"]), port=_n16(m["port"]), proto=IPPROTO_TCP)
-            services[bytes(key)] = bytes(SvcValue(svc_id=sid, count=len(eps)))
-            for slot, (_pod, prec, port) in enumerate(eps):
-                backends[bytes(BackendKey(svc_id=sid, slot=slot))] = \
-                    bytes(BackendValue(ip=_n32(prec["ip"]), port=_n16(port)))
+    for (vip, port), sp in catalog.by_vip.items():
+        sid = ids.get((sp.service, port))
+        key = SvcKey(vip=_n32(vip), port=_n16(port), proto=IPPROTO_TCP)
+        services[bytes(key)] = bytes(SvcValue(svc_id=sid, count=len(sp.endpoints)))
+        for slot, ep in enumerate(sp.endpoints):
+            backends[bytes(BackendKey(svc_id=sid, slot=slot))] = \
+                bytes(BackendValue(ip=_n32(ep.ip), port=_n16(ep.port)))
     for pname, pod in doc["pods"].items():
         cid = cgroup_ids.get(pname)
         if pod["node"] == node and cid is not None:

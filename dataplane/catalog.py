@@ -4,8 +4,6 @@ VIP by name. Rebuilt on every store change (off the per-connection path),
 read-only in between."""
 from dataclasses import dataclass, field
 
-from . import services as svcs
-
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -34,11 +32,14 @@ class Catalog:
             self.vips[(ns, name)] = svc["vip"]
             for m in svc["ports"]:
                 sp = ServicePort(key, m["port"], m["target"])
-                for pod, rec, port in svcs.endpoints(doc, svc, m):
-                    if rec.get("health", "healthy") != "unhealthy":
-                        sp.endpoints.append(Endpoint(pod, rec["node"], rec["ip"], port))
                 self.by_vip[(svc["vip"], m["port"])] = sp
                 self.by_name[(key, m["port"])] = sp
+        # endpoints as their nodes' forwarders registered them (leased), in key order
+        for ekey in sorted(doc["endpoints"]):
+            e = doc["endpoints"][ekey]
+            sp = self.by_name.get((e["service"], e["service_port"]))
+            if sp is not None and e.get("health") != "unhealthy":
+                sp.endpoints.append(Endpoint(e["pod"], e["node"], e["ip"], e["port"]))
 
     def service_port(self, vip: str, port: int):
         return self.by_vip.get((vip, port))

@@ -10,15 +10,23 @@ from . import services as svcs
 from .bpf_programs import check_bpf_available
 from .errors import GlasswingError
 from .forwarder import cleanup_stale, node_paths, wait_gone
-from .settings import LOCAL_NODE, run_dir, state_dir
-from .store import Store
+from .kv_open import open_kv
+from .registry import Registry
+from .settings import LOCAL_NODE, run_dir, store_url
 
 
 class Control:
-    def __init__(self, node: str = LOCAL_NODE, state: str = None, run: str = None):
+    def __init__(self, node: str = LOCAL_NODE, store: str = None, run: str = None):
         self.node = node
-        self.store = Store(state or state_dir())
+        self.store_url = store or store_url()
         self.run_root = run or run_dir()
+        self._store = None
+
+    @property
+    def store(self) -> Registry:
+        if self._store is None:
+            self._store = Registry(open_kv(self.store_url), self.store_url)
+        return self._store
 
     def require_root(self):
         if os.geteuid() != 0:
@@ -65,7 +73,7 @@ class Control:
         cleanup_stale(doc, self.node, self.run_root)
         paths = self.paths(doc=doc)
         os.makedirs(paths["run"], exist_ok=True)
-        env = dict(os.environ, GLASSWING_STATE_DIR=self.store.directory, GLASSWING_RUN_DIR=self.run_root)
+        env = dict(os.environ, GLASSWING_STORE=self.store_url, GLASSWING_RUN_DIR=self.run_root)
         with open(paths["log"], "ab") as logf:
             proc = subprocess.Popen([sys.executable, "-m", "glasswing", "--node", self.node, "up", "--foreground"],
                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
@@ -145,9 +153,9 @@ class Control:
         self.require_root()
         with self.store.transaction() as doc:
             rec = topology.get_pod(doc, name)
-            for sname, svc in doc["services"].items():
-                if any(ep["pod"] == name for ep in svc["endpoints"]):
-                    svc["endpoints"] = [ep for ep in svc["endpoints"] if ep["pod"] != name]
+            for svc in doc["services"].values():
+                if any(ep.get("pod") == name for ep in svc["endpoints"]):
+                    svc["endpoints"] = [ep for ep in svc["endpoints"] if ep.get("pod") != name]
         self.notify([rec["node"]])  # the forwarder detaches before the pod goes
         with self.store.transaction() as doc:
             topology.remove_pod(doc, name)
@@ -174,15 +182,13 @@ class Control:
 
     def service_add(self, name, **kw) -> dict:
         self.require_root()
-        with self.store.transaction() as doc:
-            rec = svcs.add_service(doc, name, **kw)
+        rec = self.store.update(lambda doc: svcs.add_service(doc, name, **kw))
         self.notify()
         return rec
 
     def service_rm(self, name) -> None:
         self.require_root()
-        with self.store.transaction() as doc:
-            svcs.remove_service(doc, name)
+        self.store.update(lambda doc: svcs.remove_service(doc, name))
         self.notify()
 
 

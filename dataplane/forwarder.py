@@ -7,6 +7,7 @@ pidfile and the admin socket. It watches the store and reconciles pods and
 maps with it without restarting.
 """
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -14,23 +15,30 @@ import signal
 import time
 
 from . import bpf_maps, cgroups, netns, topology
+from . import services as svcs
 from . import tunnel_codec as tc
 from .admin import serve as serve_admin
 from .bpf_programs import Programs, detach_stale
-from .bpf_state import MapState, desired
+from .bpf_state import MapState, ServiceIds, desired
 from .catalog import Catalog
 from .lb import RoundRobin
 from .relay import Relay
-from .settings import LOCAL_NODE, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT, TUNNEL_PORT
+from .settings import FORWARDER_MARK, LOCAL_NODE, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT, TUNNEL_PORT
 from .sockets import listener, original_dst, reset
 from .streams import StreamRejected, connect_in_pod, open_tunnel, read_preamble
-from .store import Store
+from . import dns_names, registry
+from .dns_resolver import Resolver
+from .kv import Compacted, Txn
+from .kv_open import open_kv
+from .registry import Registry
+from .settings import DNS_PORT, LEASE_TTL
+from .sockets import udp_socket
 
 log = logging.getLogger("glasswing.forwarder")
-WATCH_INTERVAL = 0.2
 
 
 def node_paths(run_root: str, cluster: str, node: str) -> dict:
+    cluster = cluster or "none"  # an empty store has no cluster id yet
     run = os.path.join(run_root, cluster, node)
     return {"run": run, "pidfile": os.path.join(run, "forwarder.pid"),
             "admin": os.path.join(run, "admin.sock"), "log": os.path.join(run, "forwarder.log"),
@@ -45,32 +53,42 @@ class PodState:
         self.ns_fd = netns.open_fd(rec["netns"])
         self.cgroup = rec["cgroup"]
         self.cgroup_id = cgroups.cgroup_id(self.cgroup)
+        self.namespace = rec.get("namespace", "default")
         self.listener = None
         self.task = None
+        self.dns_sock = self.dns_task = self.dns = None  # the resolver in this pod
 
     def close(self):
-        if self.task:
-            self.task.cancel()
+        for t in (self.task, self.dns_task):
+            if t:
+                t.cancel()
         if self.listener:
             self.listener.close()
+        if self.dns:
+            self.dns.close()
+        elif self.dns_sock:
+            self.dns_sock.close()
         os.close(self.ns_fd)
 
 
 class Forwarder:
-    def __init__(self, store: Store, node: str, run_root: str, home_fd: int):
+    def __init__(self, store: Registry, node: str, run_root: str, home_fd: int):
         self.store, self.node, self.home_fd = store, node, home_fd
         self.doc = store.read()
+        self.lease = 0
+        self.store_lost = None  # monotonic time the store went away
         self.catalog = Catalog(self.doc)
         self.cluster = self.doc["cluster"]
         self.paths = node_paths(run_root, self.cluster, node)
         self.cgroup = topology.forwarder_cgroup(self.cluster, node)
         self.programs = None
         self.maps = None
+        self.svc_ids = ServiceIds()
         self.pods = {}
         self.relays = set()
         self.tasks = set()
         self.rr = RoundRobin()
-        self.stamp = None
+        self.resolver = Resolver(self._dns_lookup, socket_factory=self._upstream_socket)
         self.stopping = asyncio.Event()
         self.stats = {"accepted": 0, "reset": 0, "tunnel_in": 0, "rejected": 0}
         self.errors = {}
@@ -98,9 +116,11 @@ class Forwarder:
         tunnel_ip = node.get("ip") or "127.0.0.1"
         self.tunnel = listener(tunnel_ip, TUNNEL_PORT)
         self._spawn(self._accept_loop(self.tunnel, self._tunnel_stream))
+        self.lease = self.store.kv.grant(LEASE_TTL)
         self.reconcile(self.store.read())
         self.servers.append(await serve_admin(self.paths["admin"], self._admin))
         self._spawn(self._watch())
+        self._spawn(self._keepalive())
         with open(self.paths["pidfile"], "w") as f:
             f.write(f"{os.getpid()}\n")
         log.info("forwarder for node %s ready (tunnel %s:%d)", self.node, tunnel_ip, TUNNEL_PORT)
@@ -117,6 +137,12 @@ class Forwarder:
             r.abort()
         for name in list(self.pods):
             self._drop_pod(name)
+        self.resolver.close()
+        if self.lease:  # our endpoints leave the store now, not when the lease runs out
+            try:
+                self.store.kv.revoke(self.lease)
+            except Exception as e:  # noqa: BLE001 - the lease expires by itself
+                log.warning("revoking lease: %s", e)
         if self.programs:
             self.programs.close()
         if self.maps:
@@ -143,19 +169,54 @@ class Forwarder:
     # ------------------------------------------------------------ store
 
     async def _watch(self):
+        """Follow the store's changes; keep serving the last good config while
+        it is away, and resync when it returns."""
+        backoff = 0.1
         while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            if self.store.stamp() != self.stamp:
-                try:
-                    self.reconcile(self.store.read())
-                except Exception as e:  # noqa: BLE001 - keep serving the last good config
-                    self.errors["store"] = str(e)
-                    log.error("store: %s", e)
+            try:
+                if self.store_lost is not None:
+                    self.reconcile(await asyncio.to_thread(self.store.read))
+                    log.info("store is back after %.1fs", time.monotonic() - self.store_lost)
+                    self.store_lost = None
+                    self.errors.pop("store", None)
+                events = await asyncio.to_thread(self.store.kv.watch, registry.PREFIX,
+                                                 self.doc["revision"], 1.0)
+                backoff = 0.1
+                if events:
+                    for ev in events:
+                        (registry.apply_put if ev.kind == "put" else registry.apply_delete)(
+                            self.doc, ev.key, ev.value)
+                        self.doc["revision"] = ev.revision
+                    self.reconcile(self.doc)
+            except Compacted:
+                self.reconcile(await asyncio.to_thread(self.store.read))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - store away: serve what we have
+                if self.store_lost is None:
+                    self.store_lost = time.monotonic()
+                    log.error("store unavailable, serving the last good config: %s", e)
+                self.errors["store"] = f"unavailable for {time.monotonic() - self.store_lost:.0f}s: {e}"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _keepalive(self):
+        while True:
+            await asyncio.sleep(LEASE_TTL / 3)
+            try:
+                if await asyncio.to_thread(self.store.kv.keepalive, self.lease) == 0:
+                    # the lease ran out while the store was away: publish anew
+                    self.lease = await asyncio.to_thread(self.store.kv.grant, LEASE_TTL)
+                    for key in self.published_keys():
+                        registry.apply_delete(self.doc, key)
+                    self._publish()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - _watch reports the store's state
+                log.debug("keepalive: %s", e)
 
     def reconcile(self, doc: dict) -> None:
-        self.stamp = self.store.stamp()
         self.doc = doc
-        self.catalog = Catalog(doc)
         want = {n: p for n, p in doc["pods"].items() if p["node"] == self.node}
         for name in [n for n in self.pods if n not in want or want[n]["cgroup"] != self.pods[n].cgroup]:
             self._drop_pod(name)
@@ -169,20 +230,61 @@ class Forwarder:
                     log.error("pod %s: %s", name, e)
             else:
                 self.pods[name].rec = rec
+        self._publish()
+        self.catalog = Catalog(doc)
         ids = {n: p.cgroup_id for n, p in self.pods.items()}
-        changed = self.maps.apply(desired(doc, self.node, ids))
+        changed = self.maps.apply(desired(self.catalog, doc, self.node, ids, self.svc_ids))
         log.debug("revision %s: %d map entries changed", doc["revision"], changed)
+
+    def _publish(self) -> None:
+        """Register this node's pods as endpoints of the services that select
+        them, under our lease; only what changed is written."""
+        want = {}
+        for key, svc in self.doc["services"].items():
+            for m in svc["ports"]:
+                for pod, rec, port in svcs.endpoints(self.doc, svc, m):
+                    if rec["node"] != self.node or pod not in self.pods:
+                        continue
+                    ekey = f"{registry.PREFIX}endpoints/{self.node}/{key}/{m['port']}/{pod}:{port}"
+                    want[ekey] = json.dumps({"service": key, "service_port": m["port"], "pod": pod,
+                                             "node": self.node, "ip": rec["ip"], "port": port,
+                                             "health": "healthy", "zone": rec.get("zone", ""),
+                                             "weight": 1}, sort_keys=True).encode()
+        mine = f"{registry.PREFIX}endpoints/{self.node}/"
+        have = {k: json.dumps(v, sort_keys=True).encode() for k, v in self.doc["endpoints"].items()
+                if k.startswith(mine)}
+        txn = Txn(puts={k: (v, self.lease) for k, v in want.items() if have.get(k) != v},
+                  deletes=[k for k in have if k not in want])
+        if not (txn.puts or txn.deletes):
+            return
+        try:
+            rev = self.store.kv.commit(txn)
+        except Exception as e:  # noqa: BLE001 - retried on the next change or keepalive
+            self.errors["publish"] = str(e)
+            return
+        self.errors.pop("publish", None)
+        for k, (v, _lease) in txn.puts.items():
+            registry.apply_put(self.doc, k, v)
+        for k in txn.deletes:
+            registry.apply_delete(self.doc, k)
+        self.doc["revision"] = max(self.doc["revision"], rev)
 
     def _add_pod(self, name, rec):
         pod = PodState(name, rec)
         try:
             pod.listener = listener(OUTBOUND_IP, OUTBOUND_PORT, pod.ns_fd, self.home_fd)
+            pod.dns_sock = udp_socket(OUTBOUND_IP, DNS_PORT, pod.ns_fd, self.home_fd)
             self.programs.attach(pod.cgroup, "pod")
         except BaseException:
             pod.close()
             raise
         pod.task = self._spawn(self._accept_loop(pod.listener, lambda c: self._outbound(pod, c)))
+        pod.dns_task = self._spawn(self._serve_dns(pod))
         self.pods[name] = pod
+
+    async def _serve_dns(self, pod):
+        # queries that arrive before this runs wait in the bound socket
+        pod.dns = await self.resolver.serve(pod.dns_sock, pod.name)
 
     def _drop_pod(self, name):
         pod = self.pods.pop(name)
@@ -288,6 +390,20 @@ class Forwarder:
             pass
         sock.close()
 
+    # ------------------------------------------------------------ dns
+
+    def _dns_lookup(self, pod: str, name: str):
+        ps = self.pods.get(pod)
+        settings = self.doc["config"]["meshsettings"].get("-/mesh")
+        suffix = settings.spec.dns_suffix if settings else None
+        return dns_names.classify(name, ps.namespace if ps else "default", suffix, self.catalog.vips)
+
+    def _upstream_socket(self):
+        import socket as _s
+        s = _s.socket(_s.AF_INET, _s.SOCK_DGRAM | _s.SOCK_CLOEXEC)
+        s.setsockopt(_s.SOL_SOCKET, _s.SO_MARK, FORWARDER_MARK)
+        return s
+
     # ------------------------------------------------------------ admin
 
     async def _admin(self, req):
@@ -302,16 +418,23 @@ class Forwarder:
             return {"ok": True}
         return {"ok": False, "error": f"unknown admin command {cmd!r}"}
 
+    def published_keys(self) -> list:
+        mine = f"{registry.PREFIX}endpoints/{self.node}/"
+        return [k for k in self.doc["endpoints"] if k.startswith(mine)]
+
     def status(self) -> dict:
         from .pump import IMPL
         return {"ok": True, "node": self.node, "pid": os.getpid(), "revision": self.doc["revision"],
+                "store": "unavailable" if self.store_lost is not None else "ok",
+                "endpoints_published": len(self.published_keys()), "dns": self.resolver.counters,
                 "pods": sorted(self.pods), "services": len(self.doc["services"]),
                 "connections": len(self.relays), "relay": IMPL, "stats": self.stats,
                 "map_updates": self.maps.updates if self.maps else 0, "errors": self.errors}
 
 
-def run(store: Store, node: str, run_root: str) -> int:
+def run(store_url: str, node: str, run_root: str) -> int:
     """Foreground entry: enter the node's namespace, serve until told to stop."""
+    store = Registry(open_kv(store_url), store_url)
     doc = store.read()
     rec = doc["nodes"].get(node)
     if rec and rec.get("netns"):
@@ -336,6 +459,8 @@ def run(store: Store, node: str, run_root: str) -> int:
 def cleanup_stale(doc: dict, node: str, run_root: str) -> list:
     """Undo what a killed forwarder of this node left: attachments, pins, cgroup, pidfile."""
     done = []
+    if doc["cluster"] is None:
+        return done
     paths = node_paths(run_root, doc["cluster"], node)
     cg = topology.forwarder_cgroup(doc["cluster"], node)
     for pod in doc["pods"].values():

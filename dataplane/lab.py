@@ -15,7 +15,6 @@ import tempfile
 
 from . import cgroups, netns
 from .control import Control
-from .store import Store
 
 
 def pod_preexec(rec: dict):
@@ -30,21 +29,21 @@ def pod_preexec(rec: dict):
 
 
 class Lab:
-    def __init__(self, prefix: str = "gwlab"):
+    def __init__(self, prefix: str = "gwlab", store: str = None):
         self.dir = tempfile.mkdtemp(prefix=f"{prefix}-")
-        self.state = os.path.join(self.dir, "state")
+        self.store_url = store or "file://" + os.path.join(self.dir, "state")
         self.run_root = os.path.join(self.dir, "run")
-        self.env = dict(os.environ, GLASSWING_STATE_DIR=self.state, GLASSWING_RUN_DIR=self.run_root)
+        self.env = dict(os.environ, GLASSWING_STORE=self.store_url, GLASSWING_RUN_DIR=self.run_root)
         self.procs = []
         self.nodes_up = []
         self.released = False
 
     def ctl(self, node: str = "local") -> Control:
-        return Control(node=node, state=self.state, run=self.run_root)
+        return Control(node=node, store=self.store_url, run=self.run_root)
 
     @property
     def doc(self) -> dict:
-        return Store(self.state).read()
+        return self.ctl().store.read()
 
     def node(self, name):
         return self.ctl().node_add(name)

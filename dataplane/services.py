@@ -7,10 +7,25 @@ from .errors import GlasswingError
 from .settings import SERVICE_RANGE
 
 
+def split_name(name: str):
+    """'orders' or 'shop/orders' -> (namespace, name), both validated."""
+    ns, sep, short = name.rpartition("/")
+    ns = ns if sep else "default"
+    names.name("namespace", ns)
+    names.name("service", short)
+    return ns, short
+
+
+def key_of(name: str) -> str:
+    ns, short = split_name(name)
+    return f"{ns}/{short}"
+
+
 def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selector: dict = None,
                 vip: str = None) -> dict:
-    names.name("service", name)
-    if name in doc["services"]:
+    ns, short = split_name(name)
+    key = f"{ns}/{short}"
+    if key in doc["services"]:
         raise GlasswingError(f"service {name!r} already exists")
     if not ports:
         raise GlasswingError(f"service {name!r} needs at least one --port")
@@ -20,7 +35,7 @@ def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selecto
         if p in seen:
             raise GlasswingError(f"service port {p} given twice")
         seen.add(p)
-        mapped.append({"port": p, "target": t})
+        mapped.append({"port": p, "target": t, "protocol": "tcp", "name": ""})
     if endpoints and selector:
         raise GlasswingError("give either --endpoint or --selector, not both")
     eps = []
@@ -28,7 +43,8 @@ def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selecto
         pod, sep, port = spec.partition(":")
         if pod not in doc["pods"]:
             raise GlasswingError(f"unknown pod {pod!r} in endpoint {spec!r}")
-        ep = {"pod": pod, "port": names.port(port, "endpoint port") if sep else None}
+        ep = {"pod": pod, "port": names.port(port, "endpoint port") if sep else None, "address": None,
+              "weight": 1, "zone": "", "labels": {}}
         if ep in eps:
             raise GlasswingError(f"endpoint {spec!r} given twice")
         eps.append(ep)
@@ -42,16 +58,15 @@ def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selecto
                     if h >= SERVICE_RANGE.network_address + 10 and str(h) not in taken), None)
         if vip is None:
             raise GlasswingError(f"no free service address left in {SERVICE_RANGE}")
-    sid = doc["next_service_id"]
-    doc["next_service_id"] = sid + 1
-    rec = {"id": sid, "vip": vip, "ports": mapped, "endpoints": eps, "selector": selector or None}
-    doc["services"][name] = rec
+    rec = {"namespace": ns, "name": short, "labels": {}, "vip": vip, "ports": mapped,
+           "endpoints": eps, "selector": selector or None, "health_check": None}
+    doc["services"][key] = rec
     return rec
 
 
 def remove_service(doc: dict, name: str) -> dict:
     get_service(doc, name)
-    return doc["services"].pop(name)
+    return doc["services"].pop(key_of(name))
 
 
 def _unknown(name):
@@ -59,9 +74,10 @@ def _unknown(name):
 
 
 def get_service(doc: dict, name: str) -> dict:
-    if name not in doc["services"]:
+    key = key_of(name)
+    if key not in doc["services"]:
         _unknown(name)
-    return doc["services"][name]
+    return doc["services"][key]
 
 
 def endpoints(doc: dict, svc: dict, mapping: dict) -> list:
@@ -75,20 +91,10 @@ def endpoints(doc: dict, svc: dict, mapping: dict) -> list:
                 out.append((pname, pod, mapping["target"]))
         return out
     for ep in svc["endpoints"]:
-        pod = doc["pods"].get(ep["pod"])
+        pod = doc["pods"].get(ep["pod"]) if ep.get("pod") else None
         if pod is not None:
             out.append((ep["pod"], pod, ep["port"] or mapping["target"]))
     return out
-
-
-def find_by_vip(doc: dict, vip: str, port: int):
-    """(name, service, port mapping) for VIP:port, or None."""
-    for name, svc in doc["services"].items():
-        if svc["vip"] == vip:
-            for m in svc["ports"]:
-                if m["port"] == port:
-                    return name, svc, m
-    return None
 
 
 def vip_int(vip: str) -> int:

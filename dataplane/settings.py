@@ -1,6 +1,8 @@
 """Constants and paths, in one place: ports, marks, address ranges, where state lives.
 
 Environment variables (read here only):
+- GLASSWING_STORE: the store, file:///DIR (embedded) or etcd://HOST:PORT
+  (default: the embedded store in GLASSWING_STATE_DIR).
 - GLASSWING_STATE_DIR: directory of the embedded store (default /var/lib/glasswing).
 - GLASSWING_RUN_DIR: pidfiles, admin sockets and logs (default /run/glasswing).
 - GLASSWING_NODE: node a command acts on (default "local", the host itself).
@@ -30,6 +32,13 @@ PREAMBLE_TIMEOUT = 3.0  # a tunnel stream must send its whole StreamOpen within 
 
 def state_dir() -> str:
     return os.environ.get("GLASSWING_STATE_DIR", "/var/lib/glasswing")
+
+
+def store_url() -> str:
+    return os.environ.get("GLASSWING_STORE") or "file://" + state_dir()
+
+
+LEASE_TTL = 10  # seconds a dead node's endpoints outlive it
 
 
 def run_dir() -> str:

@@ -38,6 +38,23 @@ def listener(ip: str, port: int, ns_fd: int = None, home_fd: int = None, backlog
     return s
 
 
+def udp_socket(ip: str, port: int, ns_fd: int = None, home_fd: int = None) -> socket.socket:
+    """A bound, marked, non-blocking UDP socket made in namespace ns_fd."""
+    if ns_fd is not None:
+        with netns.entered(ns_fd, home_fd):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
+        s.setblocking(False)
+        s.bind((ip, port))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 async def connect(s: socket.socket, addr, timeout: float, source: str = None) -> None:
     if source:
         s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)

@@ -271,6 +271,8 @@ def get_pod(doc: dict, name: str) -> dict:
 
 def prune(cluster: str) -> None:
     """Remove the cluster's cgroup directories once nothing is left in them."""
+    if not cluster:
+        return
     base = cgroup_base(cluster)
     for d in (os.path.join(base, "pods"), os.path.join(base, "nodes"), base, os.path.dirname(base)):
         try:

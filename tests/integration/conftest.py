@@ -70,7 +70,7 @@ def mesh(kernel_before):
             lab.spawn(name, ["iperf3", "-s", "-B", ip, "-p", "5201"])
             for port in (8080, 7000, 5201):
                 wait_listening(lab, "client", ip, port)
-        lab.vips = {n: s["vip"] for n, s in doc["services"].items()}
+        lab.vips = {s["name"]: s["vip"] for s in doc["services"].values()}
         lab.ips = {n: p["ip"] for n, p in doc["pods"].items()}
         yield lab
     finally:

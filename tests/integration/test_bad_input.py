@@ -5,7 +5,7 @@ GLASSWING_RUN_DIR pointing at temporary directories, so the real store is never 
 A module fixture makes node n1, pod p1 on it and service s1 with the real CLI (for the
 "already exists" rows) and removes them at the end, checking that no namespace or cgroup
 of its cluster is left. After each bad command the test compares, before and after: the
-store.json bytes, the cluster's namespaces (gw-CLUSTER-*), the cgroup directories under
+kv.json bytes, the cluster's namespaces (gw-CLUSTER-*), the cgroup directories under
 glasswing/CLUSTER and the interfaces in n1's namespace.
 
 Only this test's cluster is looked at: other clusters (a demo, another test run) may come
@@ -67,7 +67,7 @@ class Env:
 
     @property
     def store_path(self):
-        return os.path.join(self.state, "store.json")
+        return os.path.join(self.state, "kv.json")
 
     def store(self) -> dict:
         with open(self.store_path) as f:

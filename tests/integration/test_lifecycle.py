@@ -30,7 +30,7 @@ def lab(kernel_before):
         for name in ("web1", "web2"):
             lab.spawn(name, [sys.executable, PEERS, "serve", name])
             wait_listening(lab, "app", lab.doc["pods"][name]["ip"], 7000)
-        lab.vip = lab.doc["services"]["echo"]["vip"]
+        lab.vip = lab.doc["services"]["default/echo"]["vip"]
         yield lab
     finally:
         lab.release()

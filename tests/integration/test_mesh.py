@@ -113,7 +113,7 @@ def test_slow_preamble_is_cut_off_without_hurting_others(mesh):
 
 
 def test_version_mismatch_rejected(mesh):
-    msg = tc.Open(version=tc.VERSION, source_pod="x", source_identity="x", service="far", port=7000,
+    msg = tc.Open(version=tc.VERSION, source_pod="x", source_identity="x", service="default/far", port=7000,
                   original_dst=tc.Address(mesh.vips["far"], 7000),
                   target=tc.Address(mesh.ips["web2"], 7000), trace_id="t", source_node="n1")
     from dataplane.proto import tunnel_pb2
@@ -133,7 +133,7 @@ def test_unknown_service_on_tunnel(mesh):
                   trace_id="t", source_node="n1")
     ev, _ = _tunnel_probe(mesh, tc.encode_open(msg).hex(), 5)
     assert isinstance(ev, tc.Reject) and ev.reason == "no_such_service", ev
-    msg2 = tc.Open(**{**msg.__dict__, "service": "far", "port": 7000,
+    msg2 = tc.Open(**{**msg.__dict__, "service": "default/far", "port": 7000,
                       "target": tc.Address(mesh.ips["web1"], 7000)})
     ev, _ = _tunnel_probe(mesh, tc.encode_open(msg2).hex(), 5)
     assert isinstance(ev, tc.Reject) and ev.reason == "no_endpoint", ev
