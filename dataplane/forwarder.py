@@ -28,6 +28,7 @@ from .sockets import listener, original_dst, reset
 from .streams import StreamRejected, connect_in_pod, open_tunnel, read_preamble
 from . import dns_names, registry
 from .dns_resolver import Resolver
+from .health import Checker
 from .kv import Compacted, Txn
 from .kv_open import open_kv
 from .registry import Registry
@@ -84,6 +85,7 @@ class Forwarder:
         self.programs = None
         self.maps = None
         self.svc_ids = ServiceIds()
+        self.checkers = {}  # endpoint key -> (Checker, its check settings)
         self.pods = {}
         self.relays = set()
         self.tasks = set()
@@ -135,6 +137,8 @@ class Forwarder:
             self.tunnel.close()
         for r in list(self.relays):
             r.abort()
+        for checker, _check in self.checkers.values():
+            checker.stop()
         for name in list(self.pods):
             self._drop_pod(name)
         self.resolver.close()
@@ -240,16 +244,23 @@ class Forwarder:
         """Register this node's pods as endpoints of the services that select
         them, under our lease; only what changed is written."""
         want = {}
+        checks = {}
         for key, svc in self.doc["services"].items():
             for m in svc["ports"]:
                 for pod, rec, port in svcs.endpoints(self.doc, svc, m):
                     if rec["node"] != self.node or pod not in self.pods:
                         continue
                     ekey = f"{registry.PREFIX}endpoints/{self.node}/{key}/{m['port']}/{pod}:{port}"
+                    health = "healthy"
+                    if svc.get("health_check"):
+                        checks[ekey] = (svc["health_check"], pod, rec["ip"], port)
+                        cur = self.checkers.get(ekey)
+                        health = cur[0].state.status if cur and cur[1] == svc["health_check"] else "unknown"
                     want[ekey] = json.dumps({"service": key, "service_port": m["port"], "pod": pod,
                                              "node": self.node, "ip": rec["ip"], "port": port,
-                                             "health": "healthy", "zone": rec.get("zone", ""),
+                                             "health": health, "zone": rec.get("zone", ""),
                                              "weight": 1}, sort_keys=True).encode()
+        self._sync_checkers(checks)
         mine = f"{registry.PREFIX}endpoints/{self.node}/"
         have = {k: json.dumps(v, sort_keys=True).encode() for k, v in self.doc["endpoints"].items()
                 if k.startswith(mine)}
@@ -389,6 +400,25 @@ class Forwarder:
         except OSError:
             pass
         sock.close()
+
+    def _sync_checkers(self, checks: dict) -> None:
+        """One checker per registered endpoint whose service asks for checks."""
+        for ekey in [k for k, (_c, check) in self.checkers.items() if checks.get(k, (None,))[0] != check]:
+            self.checkers.pop(ekey)[0].stop()
+        for ekey, (check, pod, ip, port) in checks.items():
+            if ekey not in self.checkers:
+                connect = (lambda p=pod, i=ip, n=port: self._connect_local(p, i, n))
+                checker = Checker(connect, check, f"{ip}:{port}", lambda _status: self._publish_soon())
+                self.checkers[ekey] = (checker, check)
+
+    def _publish_soon(self):
+        asyncio.get_running_loop().call_soon(self._health_changed)
+
+    def _health_changed(self):
+        self._publish()
+        self.catalog = Catalog(self.doc)
+        ids = {n: p.cgroup_id for n, p in self.pods.items()}
+        self.maps.apply(desired(self.catalog, self.doc, self.node, ids, self.svc_ids))
 
     # ------------------------------------------------------------ dns
 

@@ -1,0 +1,135 @@
+"""The registry at work on the embedded store: names resolve through the
+forwarder's DNS, config changes reach forwarders within a second without
+disturbing streams in flight, health checks take endpoints out and back,
+and a dead node's endpoints leave with its lease."""
+import json
+import os
+import subprocess
+import sys
+
+import time
+
+import pytest
+
+from dataplane.lab import Lab
+from dataplane.settings import LEASE_TTL
+from tests import leaks
+
+from .conftest import PEERS, client, wait_listening
+
+GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
+
+
+@pytest.fixture(scope="module")
+def reg(kernel_before):
+    lab = Lab("gwreg")
+    try:
+        lab.node("n1")
+        lab.node("n2")
+        lab.pod("client", "n1")
+        lab.pod("web1", "n1", labels={"app": "web"})
+        lab.pod("web2", "n2", labels={"app": "web"})
+        lab.pod("spare", "n1", labels={"app": "spare"})
+        lab.service("web", ports=["80:8080", "7000"], selector={"app": "web"})
+        lab.service("moving", ports=["7000"], endpoints=["web1"])
+        lab.service("iperf", ports=["5201"], endpoints=["web2"])
+        lab.up("n1")
+        lab.up("n2")
+        for name in ("web1", "web2"):
+            ip = lab.doc["pods"][name]["ip"]
+            lab.spawn(name, [sys.executable, PEERS, "serve", name])
+            lab.spawn(name, ["iperf3", "-s", "-B", ip, "-p", "5201"])
+            for port in (7000, 5201):
+                wait_listening(lab, "client", ip, port)
+        lab.vips = {s["name"]: s["vip"] for s in lab.doc["services"].values()}
+        yield lab
+    finally:
+        lab.release()
+        leaks.assert_clean(kernel_before, leaks.snapshot())
+
+
+def apply(lab, text):
+    r = subprocess.run([GLASSWING, "apply", "-f", "-"], input=text, env=lab.env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def resolve(lab, name):
+    r = lab.run("client", ["getent", "hosts", name], timeout=10)
+    return r.returncode, r.stdout.split()[:1]
+
+
+def test_service_names_resolve_through_the_forwarder(reg):
+    vip = reg.vips["web"]
+    assert resolve(reg, "web") == (0, [vip])
+    assert resolve(reg, "web.default") == (0, [vip])
+    assert resolve(reg, "web.default.svc.glasswing") == (0, [vip])
+    assert resolve(reg, "nope.default.svc.glasswing")[0] == 2  # NXDOMAIN
+    t = time.monotonic()
+    assert resolve(reg, "example.org")[0] != 0  # not in the mesh, no upstream: REFUSED at once
+    assert time.monotonic() - t < 3
+    r = reg.run("client", ["curl", "-sS", "-m", "5", "http://web/"])
+    assert r.returncode == 0 and json.loads(r.stdout)["pod"] in ("web1", "web2"), r.stderr
+
+
+def test_changed_endpoints_move_new_connections_within_a_second_streams_go_on(reg):
+    iperf = reg.spawn("client", ["iperf3", "-J", "-c", reg.vips["iperf"], "-t", "6"], stdout=subprocess.PIPE)
+    time.sleep(1.5)
+    assert client(reg, reg.vips["moving"], 7000)["greeting"][0] == "web1"
+    t0 = time.monotonic()
+    apply(reg, "apiVersion: glasswing.dev/v1\nkind: Service\nmetadata: {name: moving}\n"
+               f"spec:\n  vip: {reg.vips['moving']}\n  ports: [{{port: 7000}}]\n  endpoints: [{{pod: web2}}]\n")
+    while client(reg, reg.vips["moving"], 7000)["greeting"][0] != "web2":
+        assert time.monotonic() - t0 < 1.0, "new connections still reach web1 after a second"
+    elapsed = time.monotonic() - t0
+    out, _ = iperf.communicate(timeout=30)
+    assert iperf.returncode == 0, out[-300:]
+    end = json.loads(out)["end"]
+    assert end["sum_received"]["bytes"] > 0 and "error" not in json.loads(out)
+    print(f"endpoint change reached new connections in {elapsed * 1000:.0f} ms")
+
+
+def test_health_checks_take_an_endpoint_out_and_back(reg):
+    apply(reg, "apiVersion: glasswing.dev/v1\nkind: Service\nmetadata: {name: checked}\n"
+               "spec:\n  ports: [{port: 7000}]\n  selector: {app: spare}\n"
+               "  healthCheck: {type: tcp, intervalMs: 200, timeoutMs: 100, unhealthyThreshold: 2}\n")
+
+    def health():
+        eps = [e for e in reg.doc["endpoints"].values() if e["service"] == "default/checked"]
+        return [e["health"] for e in eps]
+
+    deadline = time.monotonic() + 5
+    while health() != ["unhealthy"]:
+        assert time.monotonic() < deadline, health()
+        time.sleep(0.1)
+    vip = next(s["vip"] for s in reg.doc["services"].values() if s["name"] == "checked")
+    r = client(reg, vip, 7000)
+    assert r.get("error") == "ConnectionResetError" or r.get("greeting") == [], r  # no healthy endpoint
+    reg.spawn("spare", [sys.executable, PEERS, "serve", "spare"])
+    deadline = time.monotonic() + 5
+    while health() != ["healthy"]:
+        assert time.monotonic() < deadline, health()
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert client(reg, vip, 7000, size=10)["greeting"][0] == "spare"
+
+
+def test_dead_nodes_endpoints_leave_with_its_lease(reg):
+    web2 = [e for e in reg.doc["endpoints"].values() if e["node"] == "n2"]
+    assert web2
+    pid = reg.ctl("n2").forwarder_pid()
+    os.kill(pid, 9)
+    deadline = time.monotonic() + LEASE_TTL + 5
+    while any(e["node"] == "n2" for e in reg.doc["endpoints"].values()):
+        assert time.monotonic() < deadline, "n2's endpoints outlived its lease"
+        time.sleep(0.5)
+    time.sleep(1.0)  # n1's forwarder sees the deletions
+    seen = {client(reg, reg.vips["web"], 7000)["greeting"][0] for _ in range(6)}
+    assert seen == {"web1"}
+    reg.ctl("n2").up()
+    deadline = time.monotonic() + 5
+    while not any(e["node"] == "n2" for e in reg.doc["endpoints"].values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
