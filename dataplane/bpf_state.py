@@ -64,6 +64,7 @@ class MapState:
     def __init__(self, pin_dir: str):
         self.maps = {n: PinnedMap(os.path.join(pin_dir, n), *t) for n, t in self.TYPES.items()}
         self.updates = 0
+        self.have = {}  # map name -> {key bytes: value bytes} as written
 
     def set_config(self, fwd_cgroup_id: int) -> None:
         cfg = GwConfig(fwd_cgroup_id=fwd_cgroup_id, mark=FORWARDER_MARK,
@@ -72,19 +73,24 @@ class MapState:
         self.maps["config"].update(C.c_uint32(0), cfg)
 
     def apply(self, want: dict) -> int:
-        """Make the maps hold exactly `want`; returns the number of changed entries."""
+        """Make the maps hold exactly `want`; returns the number of changed entries.
+        What the maps hold is read once, then tracked here, so a change costs
+        syscalls only for the entries it touches."""
         changed = 0
         for name, entries in want.items():
             m = self.maps[name]
             kt, vt = m.key_type, m.value_type
-            have = {bytes(k) for k in m.keys()}
+            if name not in self.have:
+                self.have[name] = {bytes(k): bytes(m.get(k) or b"") for k in m.keys()}
+            have = self.have[name]
             for kb, vb in entries.items():
-                cur = m.get(kt.from_buffer_copy(kb)) if kb in have else None
-                if cur is None or bytes(cur) != vb:
+                if have.get(kb) != vb:
                     m.update(kt.from_buffer_copy(kb), vt.from_buffer_copy(vb))
+                    have[kb] = vb
                     changed += 1
-            for kb in have - set(entries):
+            for kb in [k for k in have if k not in entries]:
                 m.delete(kt.from_buffer_copy(kb))
+                del have[kb]
                 changed += 1
         self.updates += changed
         return changed

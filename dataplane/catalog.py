@@ -34,6 +34,19 @@ class Catalog:
                 sp = ServicePort(key, m["port"], m["target"])
                 self.by_vip[(svc["vip"], m["port"])] = sp
                 self.by_name[(key, m["port"])] = sp
+                # endpoints given by address are outside any pod: reached directly
+                for ep in svc["endpoints"]:
+                    if ep.get("address"):
+                        sp.endpoints.append(Endpoint(None, None, ep["address"], ep["port"] or m["target"]))
+        # Endpoint objects a user applied, for every port of their service
+        for ekey, msg in doc["config"].get("endpoint", {}).items():
+            s = msg.spec
+            if s.health == "unhealthy":
+                continue
+            skey = f"{ekey.split('/', 1)[0]}/{s.service}"
+            for (k, _port), sp in self.by_name.items():
+                if k == skey:
+                    sp.endpoints.append(Endpoint(None, None, s.address, s.port))
         # endpoints as their nodes' forwarders registered them (leased), in key order
         for ekey in sorted(doc["endpoints"]):
             e = doc["endpoints"][ekey]

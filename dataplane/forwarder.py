@@ -24,7 +24,7 @@ from .catalog import Catalog
 from .lb import RoundRobin
 from .relay import Relay
 from .settings import FORWARDER_MARK, LOCAL_NODE, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT, TUNNEL_PORT
-from .sockets import listener, original_dst, reset
+from .sockets import connect, listener, marked_socket, original_dst, reset
 from .streams import StreamRejected, connect_in_pod, open_tunnel, read_preamble
 from . import dns_names, registry
 from .dns_resolver import Resolver
@@ -32,7 +32,7 @@ from .health import Checker
 from .kv import Compacted, Txn
 from .kv_open import open_kv
 from .registry import Registry
-from .settings import DNS_PORT, LEASE_TTL
+from .settings import CONNECT_TIMEOUT, DNS_PORT, LEASE_TTL
 from .sockets import udp_socket
 
 log = logging.getLogger("glasswing.forwarder")
@@ -336,7 +336,14 @@ class Forwarder:
             return self._reset(conn, f"service {name}: no endpoint")
         trace = secrets.token_hex(16)
         try:
-            if ep.node == self.node:
+            if ep.node is None:  # an address outside the mesh's pods: straight from the node
+                upstream, to_app = marked_socket(), b""
+                try:
+                    await connect(upstream, (ep.ip, ep.port), CONNECT_TIMEOUT)
+                except BaseException:
+                    upstream.close()
+                    raise
+            elif ep.node == self.node:
                 upstream, to_app = await self._connect_local(ep.pod, ep.ip, ep.port), b""
             else:
                 peer = self.doc["nodes"][ep.node]
@@ -464,10 +471,13 @@ class Forwarder:
 
 def run(store_url: str, node: str, run_root: str) -> int:
     """Foreground entry: enter the node's namespace, serve until told to stop."""
-    store = Registry(open_kv(store_url), store_url)
+    kv = open_kv(store_url)
+    store = Registry(kv, store_url)
     doc = store.read()
     rec = doc["nodes"].get(node)
     if rec and rec.get("netns"):
+        if hasattr(kv, "netns_fd"):
+            kv.netns_fd = netns.self_fd()  # the store is reached from where this started
         netns.setns(netns.open_fd(rec["netns"]))  # before any thread exists
     home_fd = netns.self_fd()
 

@@ -27,6 +27,7 @@ POST on a stale keep-alive connection could apply a txn twice.
 import base64
 import http.client
 import json
+import os
 import socket
 import time
 import urllib.parse
@@ -41,8 +42,7 @@ REQUEST_TIMEOUT = 30.0  # seconds to wait for an answer (a 60,000-op txn takes a
 RANGE_PAGE = 10000
 
 # gRPC status codes the gateway reports in "code"
-_NOT_FOUND, _RESOURCE_EXHAUSTED, _OUT_OF_RANGE, _UNAVAILABLE, _DEADLINE = 5, 8, 11, 14, 4
-_INVALID_ARGUMENT = 3
+_DEADLINE, _NOT_FOUND, _RESOURCE_EXHAUSTED, _OUT_OF_RANGE, _UNAVAILABLE = 4, 5, 8, 11, 14
 
 
 def prefix_range(prefix: str) -> tuple:
@@ -96,6 +96,7 @@ class EtcdKV:
         self.endpoint = f"http://{url.netloc}"
         self._host = url.hostname
         self._port = port
+        self.netns_fd = None  # namespace to open connections in, if not the caller's
 
     def __repr__(self):
         return f"EtcdKV({self.endpoint!r})"
@@ -105,7 +106,16 @@ class EtcdKV:
     def _connect(self, body: bytes, path: str, read_timeout: float):
         conn = http.client.HTTPConnection(self._host, self._port, timeout=CONNECT_TIMEOUT)
         try:
-            conn.connect()
+            if self.netns_fd is None:
+                conn.connect()
+            else:  # a forwarder of a simulated node reaches the store from the host's namespace
+                from . import netns
+                here = netns.self_fd()
+                try:
+                    with netns.entered(self.netns_fd, here):
+                        conn.connect()
+                finally:
+                    os.close(here)
             conn.sock.settimeout(read_timeout)
             conn.request("POST", path, body, {"Content-Type": "application/json"})
             return conn, conn.getresponse()

@@ -20,8 +20,9 @@ import pytest
 
 from dataplane import bpf_maps, cgroups, netns
 from dataplane.bpf_programs import HOOKS, Programs, attached, detach_stale
-from dataplane.bpf_state import MapState, desired
+from dataplane.bpf_state import MapState, ServiceIds, desired
 from dataplane.bpf_structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue
+from dataplane.catalog import Catalog
 from dataplane.lab import pod_preexec
 from tests.conftest import need_root_and_bpf
 
@@ -171,19 +172,49 @@ def test_forwarder_cgroup_is_never_redirected(world):
     assert "error" in out  # not redirected: the VIP has no route in this namespace
 
 
+def _endpoint(doc, svc, pod, port):
+    """Publish pod:port as an endpoint of port 80 of service svc, the way
+    the node's forwarder does (forwarder._publish); returns its key."""
+    key = f"/glasswing/endpoints/n/default/{svc}/80/{pod}:{port}"
+    doc["endpoints"][key] = {"service": f"default/{svc}", "service_port": 80, "pod": pod, "node": "n",
+                             "ip": doc["pods"][pod]["ip"], "port": port, "health": "healthy",
+                             "zone": "", "weight": 1}
+    return key
+
+
 def test_map_updates_are_incremental(world):
-    doc = {"services": {}, "pods": {}}
-    assert world["maps"].apply(desired(doc, "n", {})) == 0
+    maps, ids = world["maps"], ServiceIds()  # one ServiceIds for the maps' lifetime, as in the forwarder
+
+    def apply(doc, cgroup_ids):
+        return maps.apply(desired(Catalog(doc), doc, "n", cgroup_ids, ids))
+
+    doc = {"services": {}, "pods": {}, "endpoints": {}}
+    assert apply(doc, {}) == 0
     doc["pods"] = {"a": {"node": "n", "ip": "198.18.1.2", "labels": {}}}
-    doc["services"] = {f"s{i}": {"id": i, "vip": f"198.19.0.{10 + i}", "ports": [{"port": 80, "target": 8080}],
-                                 "endpoints": [{"pod": "a", "port": None}], "selector": None}
+    doc["services"] = {f"default/s{i}": {"namespace": "default", "name": f"s{i}", "labels": {},
+                                         "vip": f"198.19.0.{10 + i}",
+                                         "ports": [{"port": 80, "target": 8080, "protocol": "tcp", "name": ""}],
+                                         "endpoints": [{"pod": "a", "port": None, "address": None, "weight": 1,
+                                                        "zone": "", "labels": {}}],
+                                         "selector": None, "health_check": None}
                        for i in range(1, 6)}
-    assert world["maps"].apply(desired(doc, "n", {"a": 1})) == 5 + 5 + 1
-    assert world["maps"].apply(desired(doc, "n", {"a": 1})) == 0
-    doc["services"]["s3"]["ports"][0]["target"] = 9090
-    assert world["maps"].apply(desired(doc, "n", {"a": 1})) == 1  # one backend
-    del doc["services"]["s5"]
-    assert world["maps"].apply(desired(doc, "n", {"a": 1})) == 2  # its service and backend
+    eps = {i: _endpoint(doc, f"s{i}", "a", 8080) for i in range(1, 6)}
+    # 5 services entries (one per VIP:80) + 5 backends (slot 0 of each) + 1 pods entry (a's cgroup)
+    assert apply(doc, {"a": 1}) == 5 + 5 + 1
+    assert apply(doc, {"a": 1}) == 0
+    # s3's target port moves to 9090: its forwarder withdraws a:8080 and publishes a:9090 (the
+    # port is part of the key). Only s3's backend slot 0 changes value; its services entry keeps
+    # the same id and count, so: 1.
+    doc["services"]["default/s3"]["ports"][0]["target"] = 9090
+    del doc["endpoints"][eps[3]]
+    eps[3] = _endpoint(doc, "s3", "a", 9090)
+    assert apply(doc, {"a": 1}) == 1  # one backend
+    # s5 goes: its services entry and its backend go (its endpoint, not yet withdrawn, names a
+    # service that no longer exists and is ignored)
+    del doc["services"]["default/s5"]
+    assert apply(doc, {"a": 1}) == 2  # its service and backend
+    del doc["endpoints"][eps[5]]
+    assert apply(doc, {"a": 1}) == 0  # withdrawing that orphan endpoint changes no map entry
 
 
 def test_stale_programs_detached_by_a_new_owner(world):

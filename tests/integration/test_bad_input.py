@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from dataplane import topology
+from dataplane.kv_open import open_kv
+from dataplane.registry import Registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GLASSWING = os.path.join(ROOT, ".venv", "bin", "glasswing")
@@ -70,8 +72,12 @@ class Env:
         return os.path.join(self.state, "kv.json")
 
     def store(self) -> dict:
-        with open(self.store_path) as f:
-            return json.load(f)
+        """The registry document (read-only: Registry.read() never writes)."""
+        kv = open_kv("file://" + self.state)
+        try:
+            return Registry(kv).read()
+        finally:
+            kv.close()
 
     def gw(self, *argv, user=None) -> subprocess.CompletedProcess:
         def drop():
@@ -120,13 +126,14 @@ def env():
     try:
         e.ok("node", "add", "n1")
         cluster = e.store()["cluster"]
+        assert cluster, "node add must have made the cluster id"
         e.ok("--node", "n1", "pod", "add", "p1")
         e.ok("service", "add", "s1", "--port", "80", "--endpoint", "p1")
         doc = e.store()
         n1, p1 = doc["nodes"]["n1"], doc["pods"]["p1"]
         e.facts.update(cluster=cluster, node_ns=n1["netns"], gateway=n1["gateway"],
                        pod_cidr=n1["pod_cidr"], p1_ip=p1["ip"], p1_cgroup=p1["cgroup"],
-                       p1_host_if=p1["host_if"], vip=doc["services"]["s1"]["vip"])
+                       p1_host_if=p1["host_if"], vip=doc["services"]["default/s1"]["vip"])
         assert set(doc["nodes"]) == {"n1"}, "the fixture must not make the host's local node"
         yield e
     finally:
@@ -280,6 +287,8 @@ def test_bad_commands_on_an_empty_state_dir_create_no_store():
             assert (r.returncode, r.stderr.count("\n")) == (1, 1), r.stderr
             assert r.stderr.startswith(ERROR) and message in r.stderr
             assert not os.path.exists(e.store_path), f"{argv} wrote a store"
+        assert e.store()["cluster"] is None  # reading the registry makes nothing either
+        assert not os.path.exists(e.store_path), "Registry.read() wrote a store"
     finally:
         shutil.rmtree(e.state, ignore_errors=True)
         shutil.rmtree(e.run, ignore_errors=True)

@@ -1,10 +1,11 @@
 """One suite for both store backends (kv_file.FileKV and kv_etcd.EtcdKV),
-against a real file in a temp dir and a real etcd (tests/kvsuite.py), plus
+against a real file in a temp dir and a real etcd (dataplane/etcd_server.py), plus
 what only one of them can show: SIGKILLed file writers, etcd going away.
 
 Every test runs on a fresh store; temp dirs and etcd processes are removed
 even when a test fails (checked at the end of the module).
 """
+import json
 import os
 import random
 import shutil
@@ -14,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-import json
 import urllib.request
 
 import pytest
@@ -24,7 +24,7 @@ from dataplane.kv import Compacted, Conflict, Txn, Unavailable
 from dataplane.kv_etcd import EtcdKV, prefix_range
 from dataplane.kv_file import EVENT_LOG, FileKV, TMP_PREFIX as FILE_TMP_PREFIX
 from dataplane.kv_open import open_kv
-from tests.kvsuite import TMP_PREFIX, EtcdServer, etcd_binary
+from dataplane.etcd_server import TMP_PREFIX, EtcdServer, etcd_binary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LEASE_TTL = 2

@@ -5,7 +5,8 @@ import pytest
 
 from dataplane import services as svcs
 from dataplane.errors import GlasswingError
-from dataplane.store import _empty
+from dataplane.catalog import Catalog
+from dataplane.registry import _empty
 
 
 def _pod(ip, labels=None, node="n1"):
@@ -33,14 +34,67 @@ def _fails(doc, message, *args, **kw):
     assert doc == before
 
 
+def _ep(pod, port=None):
+    return {"pod": pod, "port": port, "address": None, "weight": 1, "zone": "", "labels": {}}
+
+
+def _port(port, target):
+    return {"port": port, "target": target, "protocol": "tcp", "name": ""}
+
+
 def test_add_service_record(doc):
     rec = svcs.add_service(doc, "web", ["80:8080", "443"], endpoints=["web1", "web2:9090"])
-    assert rec == {"id": 1, "vip": "198.19.0.10",
-                   "ports": [{"port": 80, "target": 8080}, {"port": 443, "target": 443}],
-                   "endpoints": [{"pod": "web1", "port": None}, {"pod": "web2", "port": 9090}],
-                   "selector": None}
-    assert doc["services"]["web"] is rec
-    assert doc["next_service_id"] == 2
+    assert rec == {"namespace": "default", "name": "web", "labels": {}, "vip": "198.19.0.10",
+                   "ports": [_port(80, 8080), _port(443, 443)],
+                   "endpoints": [_ep("web1"), _ep("web2", 9090)],
+                   "selector": None, "health_check": None}
+    assert doc["services"] == {"default/web": rec}
+    assert doc["services"]["default/web"] is rec
+
+
+def test_add_service_in_a_namespace(doc):
+    web = svcs.add_service(doc, "web", ["80"])
+    shop = svcs.add_service(doc, "shop/web", ["80"], selector={"app": "web"})
+    assert (shop["namespace"], shop["name"], shop["vip"]) == ("shop", "web", "198.19.0.11")
+    assert doc["services"] == {"default/web": web, "shop/web": shop}
+    assert svcs.get_service(doc, "shop/web") is shop
+    assert svcs.get_service(doc, "web") is web
+    assert svcs.get_service(doc, "default/web") is web
+    _fails(doc, "service 'shop/web' already exists", "shop/web", ["81"])
+    _fails(doc, "service 'default/web' already exists", "default/web", ["81"])
+
+
+@pytest.mark.parametrize("name, key", [
+    ("a", ("default", "a")),
+    ("default/a", ("default", "a")),
+    ("ns/a", ("ns", "a")),
+    ("shop-1/orders-2", ("shop-1", "orders-2")),
+])
+def test_split_name_and_key_of(name, key):
+    assert svcs.split_name(name) == key
+    assert svcs.key_of(name) == "/".join(key)
+
+
+_RULE = "use 1-40 lowercase letters, digits and '-', starting and ending with a letter or digit"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("Shop/a", f"invalid namespace name 'Shop': {_RULE}"),
+    ("/a", f"invalid namespace name '': {_RULE}"),
+    ("a/b/c", f"invalid namespace name 'a/b': {_RULE}"),
+    ("-ns/a", f"invalid namespace name '-ns': {_RULE}"),
+    ("ns/A", f"invalid service name 'A': {_RULE}"),
+    ("ns/", f"invalid service name '': {_RULE}"),
+    ("", f"invalid service name '': {_RULE}"),
+    ("a_b", f"invalid service name 'a_b': {_RULE}"),
+    ("ns/" + "a" * 41, f"invalid service name '{'a' * 41}': {_RULE}"),
+])
+def test_split_name_and_key_of_reject(doc, name, message):
+    for fn in (svcs.split_name, svcs.key_of):
+        with pytest.raises(GlasswingError) as e:
+            fn(name)
+        assert str(e.value) == message
+    _fails(doc, message, name, ["80"])
 
 
 def test_vip_allocation_starts_at_10_and_skips_taken(doc):
@@ -48,15 +102,17 @@ def test_vip_allocation_starts_at_10_and_skips_taken(doc):
     assert svcs.add_service(doc, "b", ["80"], vip="198.19.0.12")["vip"] == "198.19.0.12"
     assert svcs.add_service(doc, "c", ["80"])["vip"] == "198.19.0.11"
     assert svcs.add_service(doc, "d", ["80"])["vip"] == "198.19.0.13"
-    assert [doc["services"][n]["id"] for n in "abcd"] == [1, 2, 3, 4]
+    assert [doc["services"][f"default/{n}"]["vip"] for n in "abcd"] == \
+        ["198.19.0.10", "198.19.0.12", "198.19.0.11", "198.19.0.13"]
 
 
-def test_vip_freed_by_remove_is_reused_but_id_is_not(doc):
+def test_vip_freed_by_remove_is_reused(doc):
     svcs.add_service(doc, "a", ["80"])
     svcs.add_service(doc, "b", ["80"])
     svcs.remove_service(doc, "a")
     rec = svcs.add_service(doc, "c", ["80"])
-    assert (rec["vip"], rec["id"]) == ("198.19.0.10", 3)
+    assert rec["vip"] == "198.19.0.10"
+    assert sorted(doc["services"]) == ["default/b", "default/c"]
 
 
 def test_explicit_vip_below_10_is_allowed(doc):
@@ -71,6 +127,7 @@ def test_duplicate_name(doc):
 def test_duplicate_vip(doc):
     svcs.add_service(doc, "a", ["80"])
     _fails(doc, "service address 198.19.0.10 is already in use", "b", ["80"], vip="198.19.0.10")
+    _fails(doc, "service address 198.19.0.10 is already in use", "shop/b", ["80"], vip="198.19.0.10")
 
 
 @pytest.mark.parametrize("vip, message", [
@@ -128,7 +185,7 @@ def test_port_bounds_rejected(doc, spec, message):
 
 def test_port_bounds_accepted(doc):
     rec = svcs.add_service(doc, "a", ["1", "65535:1"])
-    assert rec["ports"] == [{"port": 1, "target": 1}, {"port": 65535, "target": 1}]
+    assert rec["ports"] == [_port(1, 1), _port(65535, 1)]
 
 
 def test_selector_matches_every_label(doc):
@@ -170,15 +227,33 @@ def test_remove_service(doc):
     assert str(e.value) == "unknown service 'web' (see `glasswing service list`)"
 
 
-def test_find_by_vip(doc):
-    web = svcs.add_service(doc, "web", ["80:8080", "443"])
-    db = svcs.add_service(doc, "db", ["5432"])
-    assert svcs.find_by_vip(doc, "198.19.0.10", 80) == ("web", web, {"port": 80, "target": 8080})
-    assert svcs.find_by_vip(doc, "198.19.0.10", 443) == ("web", web, {"port": 443, "target": 443})
-    assert svcs.find_by_vip(doc, "198.19.0.11", 5432) == ("db", db, {"port": 5432, "target": 5432})
-    assert svcs.find_by_vip(doc, "198.19.0.10", 8080) is None  # a target port is not a service port
-    assert svcs.find_by_vip(doc, "198.19.0.11", 80) is None
-    assert svcs.find_by_vip(doc, "198.19.0.99", 80) is None
+def test_remove_service_in_a_namespace(doc):
+    web = svcs.add_service(doc, "web", ["80"])
+    shop = svcs.add_service(doc, "shop/web", ["80"])
+    with pytest.raises(GlasswingError) as e:
+        svcs.remove_service(doc, "other/web")
+    assert str(e.value) == "unknown service 'other/web' (see `glasswing service list`)"
+    assert svcs.remove_service(doc, "shop/web") is shop
+    assert doc["services"] == {"default/web": web}
+    assert svcs.remove_service(doc, "default/web") is web
+    assert doc["services"] == {}
+
+
+def test_catalog_finds_service_port_by_vip(doc):
+    # find_by_vip is gone; the forwarder looks a VIP:port up in its Catalog instead.
+    svcs.add_service(doc, "web", ["80:8080", "443"])
+    svcs.add_service(doc, "shop/db", ["5432"])
+    cat = Catalog(doc)
+
+    def found(vip, port):
+        sp = cat.service_port(vip, port)
+        return sp and (sp.service, sp.port, sp.target)
+    assert found("198.19.0.10", 80) == ("default/web", 80, 8080)
+    assert found("198.19.0.10", 443) == ("default/web", 443, 443)
+    assert found("198.19.0.11", 5432) == ("shop/db", 5432, 5432)
+    assert found("198.19.0.10", 8080) is None  # a target port is not a service port
+    assert found("198.19.0.11", 80) is None
+    assert found("198.19.0.99", 80) is None
 
 
 def test_vip_int():

@@ -1,4 +1,4 @@
-"""Test harness for the KV backends: a throwaway single-member etcd.
+"""A throwaway single-member etcd for tests and benchmarks.
 
     with EtcdServer() as etcd:       # temp data dir, free loopback ports, healthy
         kv = EtcdKV(etcd.endpoint)
@@ -135,11 +135,3 @@ class EtcdServer:
                 return " | ".join(f.read().splitlines()[-lines:])
         except OSError as e:
             return f"(no log: {e})"
-
-    def compact(self, revision: int) -> None:
-        """Drop history before revision (the test hook for Compacted)."""
-        req = urllib.request.Request(self.endpoint + "/v3/kv/compaction",
-                                     json.dumps({"revision": str(revision), "physical": True}).encode(),
-                                     {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            r.read()
