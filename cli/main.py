@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="two simulated nodes, a request and iperf3 through the mesh")
     demo.add_argument("--seconds", type=int, default=5, help="iperf3 run length")
 
+    bench = sub.add_parser("bench", help="benchmarks measured in one run").add_subparsers(dest="sub", required=True)
+    br = bench.add_parser("registry", help="config-to-kernel latency and a big registry, per store backend")
+    br.add_argument("--backend", choices=("file", "etcd", "both"), default="both")
+    br.add_argument("--services", type=int, default=10000)
+    br.add_argument("--endpoints", type=int, default=50000)
+    br.add_argument("--samples", type=int, default=5)
+
     ap = sub.add_parser("apply", help="store services, routes, policies and settings from YAML")
     ap.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
     g = sub.add_parser("get", help="show stored objects")
@@ -52,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--netns", help="attach an existing namespace (name in /run/netns or /proc/PID/ns/net)")
     a.add_argument("--cgroup", help="attach an existing cgroup v2 directory")
     a.add_argument("--label", action="append", default=[], metavar="K=V")
+    a.add_argument("--namespace", default="default", help="the pod's namespace: bare service names "
+                                                          "resolve in it")
     a.add_argument("--fail", choices=("open", "closed"), default="open",
                    help="with no forwarder: open translates service addresses in the kernel, closed refuses")
     pod.add_parser("rm", help="remove a pod").add_argument("name")
@@ -115,6 +124,13 @@ def run(args):
     elif cmd == "demo":
         from dataplane.demo import run_demo
         return run_demo(seconds=args.seconds)
+    elif cmd == "bench":
+        ctl.require_root()
+        from dataplane import bench_registry
+        backends = ("file", "etcd") if args.backend == "both" else (args.backend,)
+        res = bench_registry.run(backends, args.services, args.endpoints, args.samples,
+                                 say=(lambda m: None) if args.json else print)
+        emit(res, args.json, _print_bench_registry)
     elif cmd in ("apply", "get", "delete"):
         return _config(ctl, args, cmd)
     elif cmd == "node":
@@ -168,6 +184,14 @@ def _config(ctl, args, cmd):
     return 0
 
 
+def _print_bench_registry(rows):
+    print()
+    table([[r["store"], r["small_apply_to_map_ms"], r["services"], r["endpoints"], r["bulk_apply_s"],
+            r["bulk_apply_to_maps_s"], r["rss_idle_mb"], r["rss_loaded_mb"], r["change_to_map_ms"]] for r in rows],
+          ["STORE", "APPLY->MAP ms", "SERVICES", "ENDPOINTS", "BULK APPLY s", "BULK->MAPS s",
+           "RSS IDLE MB", "RSS LOADED MB", "CHANGE->MAP ms"])
+
+
 def _summary(d) -> str:
     spec = d.get("spec", {})
     if d["kind"] == "Service":
@@ -195,7 +219,8 @@ def _pod(ctl, args, sub):
     from dataplane import names
     if sub == "add":
         rec = ctl.pod_add(args.name, address=args.ip, ns=args.netns, cgroup=args.cgroup,
-                          labels=names.labels(args.label), fail_mode=args.fail)
+                          labels=names.labels(args.label), fail_mode=args.fail,
+                          namespace=args.namespace)
         emit(rec, args.json, lambda r: print(f"pod {args.name}: {r['ip']} on node {r['node']} "
                                              f"(netns {r['netns']})"))
     elif sub == "rm":

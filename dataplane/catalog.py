@@ -39,7 +39,7 @@ class Catalog:
                     if ep.get("address"):
                         sp.endpoints.append(Endpoint(None, None, ep["address"], ep["port"] or m["target"]))
         # Endpoint objects a user applied, for every port of their service
-        for ekey, msg in doc["config"].get("endpoint", {}).items():
+        for ekey, msg in doc.get("config", {}).get("endpoint", {}).items():
             s = msg.spec
             if s.health == "unhealthy":
                 continue

@@ -1,5 +1,6 @@
 """What `glasswing` commands do, as functions: change the store, tell the
 forwarders, start and stop them. The CLI only parses and prints."""
+import glob
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from . import services as svcs
 from .bpf_programs import check_bpf_available
 from .errors import GlasswingError
 from .forwarder import cleanup_stale, node_paths, wait_gone
+from .kv import Unavailable
 from .kv_open import open_kv
 from .registry import Registry
 from .settings import LOCAL_NODE, run_dir, store_url
@@ -35,8 +37,18 @@ class Control:
     # ------------------------------------------------------------ forwarders
 
     def paths(self, node=None, doc=None):
-        doc = doc or self.store.read()
-        return node_paths(self.run_root, doc["cluster"], node or self.node)
+        node = node or self.node
+        if doc is None:
+            try:
+                doc = self.store.read()
+            except Unavailable:
+                # the forwarder still answers while the store is away: find its
+                # run directory without the cluster id the store would give
+                found = glob.glob(os.path.join(self.run_root, "*", node, "admin.sock"))
+                if len(found) == 1:
+                    return node_paths(self.run_root, found[0].split(os.sep)[-3], node)
+                raise
+        return node_paths(self.run_root, doc["cluster"], node)
 
     def forwarder_pid(self, node=None, doc=None):
         """pid of the running forwarder of node, or None (a stale pidfile is ignored)."""
@@ -112,10 +124,9 @@ class Control:
         return done
 
     def status(self) -> dict:
-        doc = self.store.read()
-        if not self.forwarder_pid(doc=doc):
+        if not self.forwarder_pid():
             return {"ok": False, "node": self.node, "running": False}
-        st = admin.request(self.paths(doc=doc)["admin"], "status")
+        st = admin.request(self.paths()["admin"], "status")
         st["running"] = True
         return st
 

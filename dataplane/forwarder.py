@@ -236,6 +236,10 @@ class Forwarder:
                 self.pods[name].rec = rec
         self._publish()
         self.catalog = Catalog(doc)
+        settings = doc["config"]["meshsettings"].get("-/mesh")
+        upstream = settings.spec.upstream_dns if settings else ""
+        host, _, port = upstream.rpartition(":")
+        self.resolver.upstream = (host, int(port)) if upstream else None
         ids = {n: p.cgroup_id for n, p in self.pods.items()}
         changed = self.maps.apply(desired(self.catalog, doc, self.node, ids, self.svc_ids))
         log.debug("revision %s: %d map entries changed", doc["revision"], changed)

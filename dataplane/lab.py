@@ -15,6 +15,7 @@ import tempfile
 
 from . import cgroups, netns
 from .control import Control
+from .kv import Unavailable
 
 
 def pod_preexec(rec: dict):
@@ -37,13 +38,23 @@ class Lab:
         self.procs = []
         self.nodes_up = []
         self.released = False
+        self._pods = {}
 
     def ctl(self, node: str = "local") -> Control:
         return Control(node=node, store=self.store_url, run=self.run_root)
 
     @property
     def doc(self) -> dict:
-        return self.ctl().store.read()
+        d = self.ctl().store.read()
+        self._pods = d["pods"]
+        return d
+
+    def pod_record(self, pod: str) -> dict:
+        """A pod's record, from the last good read if the store is away (tests stop etcd)."""
+        try:
+            return self.doc["pods"][pod]
+        except Unavailable:
+            return self._pods[pod]
 
     def node(self, name):
         return self.ctl().node_add(name)
@@ -66,7 +77,7 @@ class Lab:
 
     def spawn(self, pod: str, argv, **kw) -> subprocess.Popen:
         """Start argv inside a pod; killed by release() if still running."""
-        rec = self.doc["pods"][pod]
+        rec = self.pod_record(pod)
         kw.setdefault("stdout", subprocess.DEVNULL)
         kw.setdefault("stderr", subprocess.DEVNULL)
         p = subprocess.Popen(argv, preexec_fn=pod_preexec(rec), start_new_session=True, **kw)
@@ -74,7 +85,7 @@ class Lab:
         return p
 
     def run(self, pod: str, argv, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-        rec = self.doc["pods"][pod]
+        rec = self.pod_record(pod)
         kw.setdefault("capture_output", True)
         return subprocess.run(argv, preexec_fn=pod_preexec(rec), timeout=timeout, text=True, **kw)
 

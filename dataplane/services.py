@@ -84,10 +84,11 @@ def endpoints(doc: dict, svc: dict, mapping: dict) -> list:
     """[(pod name, pod record, target port)] for one port mapping of a service."""
     out = []
     if svc.get("selector"):
-        sel = svc["selector"]
+        sel, ns = svc["selector"], svc.get("namespace", "default")
         for pname in sorted(doc["pods"]):
             pod = doc["pods"][pname]
-            if all(pod.get("labels", {}).get(k) == v for k, v in sel.items()):
+            if pod.get("namespace", "default") == ns and \
+                    all(pod.get("labels", {}).get(k) == v for k, v in sel.items()):
                 out.append((pname, pod, mapping["target"]))
         return out
     for ep in svc["endpoints"]:

@@ -164,8 +164,10 @@ def _pick_ip(doc: dict, node: dict, wanted: str = None) -> str:
 
 
 def add_pod(doc: dict, name: str, node_name: str, address: str = None, ns: str = None,
-            cgroup: str = None, labels: dict = None, fail_mode: str = "open") -> dict:
+            cgroup: str = None, labels: dict = None, fail_mode: str = "open",
+            namespace: str = "default") -> dict:
     names.name("pod", name)
+    names.name("namespace", namespace)
     if name in doc["pods"]:
         raise GlasswingError(f"pod {name!r} already exists")
     if fail_mode not in ("open", "closed"):
@@ -173,7 +175,8 @@ def add_pod(doc: dict, name: str, node_name: str, address: str = None, ns: str =
     node = get_node(doc, node_name)
     cluster = doc["cluster"]
     addr = _pick_ip(doc, node, address)
-    rec = {"node": node_name, "ip": addr, "labels": labels or {}, "fail_mode": fail_mode}
+    rec = {"node": node_name, "ip": addr, "labels": labels or {}, "fail_mode": fail_mode,
+           "namespace": namespace}
     node_ns = node.get("netns")
     with Undo() as undo:
         rec["netns"], rec["netns_owned"] = _pod_netns(cluster, name, ns, undo)

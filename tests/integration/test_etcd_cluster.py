@@ -1,0 +1,89 @@
+"""Three simulated nodes on one real etcd: each forwarder watches it,
+registers its pods' endpoints under its own lease, and a service with an
+endpoint on every node is reachable from every pod, by name. etcd restarted
+mid-run: forwarders keep serving their last good config, report the store
+as unavailable, and resync when it returns.
+
+    etcd 127.0.0.1:PORT (host namespace)
+    n1: c1, w1     n2: c2, w2     n3: c3, w3      service web (app=web) :7000
+"""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dataplane.etcd_server import EtcdServer, etcd_binary
+from dataplane.lab import Lab
+from tests import leaks
+
+from .conftest import PEERS, client, wait_listening
+
+GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
+
+
+@pytest.fixture(scope="module")
+def cluster(kernel_before):
+    if etcd_binary() is None:
+        pytest.skip("needs etcd (Debian package etcd-server)")
+    with EtcdServer() as etcd:
+        lab = Lab("gwetcd", store=etcd.url)
+        try:
+            for i in (1, 2, 3):
+                lab.node(f"n{i}")
+            for i in (1, 2, 3):
+                lab.pod(f"c{i}", f"n{i}")
+                lab.pod(f"w{i}", f"n{i}", labels={"app": "web"})
+            lab.service("web", ports=["7000"], selector={"app": "web"})
+            for i in (1, 2, 3):
+                lab.up(f"n{i}")
+            for i in (1, 2, 3):
+                lab.spawn(f"w{i}", [sys.executable, PEERS, "serve", f"w{i}"])
+                wait_listening(lab, "c1", lab.doc["pods"][f"w{i}"]["ip"], 7000)
+            lab.etcd = etcd
+            yield lab
+        finally:
+            lab.release()
+    leaks.assert_clean(kernel_before, leaks.snapshot())
+
+
+def greetings(lab, pod, target, n=9):
+    out = set()
+    for _ in range(n):
+        r = client(lab, target, 7000, size=100, pod=pod)
+        assert r.get("error") is None and r["same"], r
+        out.add(r["greeting"][0])
+    return out
+
+
+def test_every_pod_reaches_every_node_by_name(cluster):
+    for i in (1, 2, 3):
+        assert greetings(cluster, f"c{i}", "web") == {"w1", "w2", "w3"}
+
+
+def test_etcd_restart_keeps_traffic_flowing_and_resyncs(cluster):
+    cluster.etcd.stop()
+    try:
+        deadline = time.monotonic() + 10
+        while cluster.ctl("n1").status().get("store") != "unavailable":
+            assert time.monotonic() < deadline, "forwarder did not notice etcd going away"
+            time.sleep(0.2)
+        assert greetings(cluster, "c2", "web", n=6) == {"w1", "w2", "w3"}  # the last good config
+    finally:
+        cluster.etcd.start()
+    deadline = time.monotonic() + 15
+    while any(cluster.ctl(f"n{i}").status().get("store") != "ok" for i in (1, 2, 3)):
+        assert time.monotonic() < deadline, "forwarders did not resync"
+        time.sleep(0.2)
+    r = subprocess.run([GLASSWING, "apply", "-f", "-"], env=cluster.env, capture_output=True, text=True,
+                       input="apiVersion: glasswing.dev/v1\nkind: Service\nmetadata: {name: only3}\n"
+                             "spec:\n  ports: [{port: 7000}]\n  endpoints: [{pod: w3}]\n", timeout=30)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 3
+    while True:
+        r = client(cluster, "only3", 7000, pod="c1")
+        if r.get("greeting") == ["w3", "127.0.0.6"]:
+            break
+        assert time.monotonic() < deadline, r
+        time.sleep(0.1)
