@@ -92,7 +92,7 @@ def _apply(lab, docs):
 
 
 def measure(store_url: str, services: int, endpoints: int, samples: int, say=print) -> dict:
-    out = {"store": store_url.split(":")[0]}
+    out = {"store": (store_url or "file").split(":")[0]}
     with Lab("gwbench", store=store_url) as lab:
         lab.node("n1")
         lab.up("n1")
