@@ -133,3 +133,29 @@ def test_dead_nodes_endpoints_leave_with_its_lease(reg):
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
+
+
+def test_malformed_dns_from_a_pod_never_hurts_the_resolver(reg):
+    """Garbage on port 53 from an app: FORMERR where an id can be read,
+    silence otherwise, and the resolver goes on answering."""
+    code = ("import socket, sys, os, json, random\n"
+            "random.seed(7); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.3)\n"
+            "server = ('198.18.250.53', 53)\n"
+            "formerr = silent = 0\n"
+            "packets = [b'', b'\\x12', b'\\x12\\x34' + b'\\xff' * 10, b'\\x12\\x34\\x01\\x00\\x00\\x01' + b'\\x00' * 6 + b'\\x40' + b'a' * 64]\n"
+            "packets += [bytes(random.getrandbits(8) for _ in range(random.randint(0, 80))) for _ in range(200)]\n"
+            "for p in packets:\n"
+            "    s.sendto(p, server)\n"
+            "    try:\n"
+            "        data, src = s.recvfrom(2048)\n"
+            "        formerr += (data[3] & 0x0f) in (1, 4, 5)\n"
+            "    except socket.timeout:\n"
+            "        silent += 1\n"
+            "print(json.dumps({'formerr': formerr, 'silent': silent}))\n")
+    r = reg.run("client", [sys.executable, "-c", code], timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["formerr"] >= 1 and out["silent"] >= 1, out
+    assert resolve(reg, "web") == (0, [reg.vips["web"]])
+    st = reg.ctl("n1").status()
+    assert st["dns"]["formerr"] >= 1 and st["running"]
