@@ -78,7 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vip", help="service address (default: next free)")
     svc.add_parser("rm", help="remove a service").add_argument("name")
     svc.add_parser("list", help="list services")
+    _json_everywhere(p)
     return p
+
+
+def _json_everywhere(parser):
+    """`--json` works after any subcommand too (`glasswing status --json`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--json" in a.option_strings for a in child._actions):
+                    child.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                       help="machine-readable output")
+                _json_everywhere(child)
 
 
 def main(argv=None) -> int:

@@ -3,49 +3,41 @@
 Map contents are control state kept by the forwarder; programs are owned
 separately (bpf_programs). Opening by pin lets `glasswing down` clean up
 after a forwarder that was killed."""
-import ctypes as C
 import os
 
+from . import bpf_sys
 from .errors import GlasswingError
 
 MAP_NAMES = ("services", "backends", "pods", "config", "orig", "tuples")
 
 
-def _lib():
-    from bcc.libbcc import lib  # imported late: unit tests run without bcc
-    return lib
-
-
 class PinnedMap:
     def __init__(self, path: str, key_type, value_type):
         self.path, self.key_type, self.value_type = path, key_type, value_type
-        lib = _lib()
-        lib.bpf_obj_get.restype = C.c_int
-        self.fd = lib.bpf_obj_get(path.encode())
-        if self.fd < 0:
-            raise GlasswingError(f"cannot open pinned map {path}: {os.strerror(C.get_errno() or 2)}")
+        try:
+            self.fd = bpf_sys.obj_get(path)
+        except OSError as e:
+            raise GlasswingError(f"cannot open pinned map {path}: {e.strerror}") from None
 
     def update(self, key, value) -> None:
-        if _lib().bpf_update_elem(self.fd, C.byref(key), C.byref(value), 0) < 0:
-            raise GlasswingError(f"updating map {self.path} failed: {os.strerror(C.get_errno())}")
+        try:
+            bpf_sys.map_update(self.fd, key, value)
+        except OSError as e:
+            raise GlasswingError(f"updating map {self.path} failed: {e.strerror}") from None
 
     def delete(self, key) -> bool:
-        return _lib().bpf_delete_elem(self.fd, C.byref(key)) == 0
+        return bpf_sys.map_delete(self.fd, key)
 
     def get(self, key):
         value = self.value_type()
-        if _lib().bpf_lookup_elem(self.fd, C.byref(key), C.byref(value)) < 0:
-            return None
-        return value
+        return value if bpf_sys.map_lookup(self.fd, key, value) else None
 
     def keys(self):
-        lib, out = _lib(), []
-        key, nxt = self.key_type(), self.key_type()
-        ptr = None
-        while lib.bpf_get_next_key(self.fd, ptr, C.byref(nxt)) == 0:
+        out = []
+        key, nxt = None, self.key_type()
+        while bpf_sys.map_next_key(self.fd, key, nxt):
             out.append(self.key_type.from_buffer_copy(nxt))
-            C.memmove(C.byref(key), C.byref(nxt), C.sizeof(key))
-            ptr = C.byref(key)
+            key = self.key_type.from_buffer_copy(nxt)
         return out
 
     def close(self) -> None:

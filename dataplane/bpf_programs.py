@@ -1,14 +1,16 @@
-"""The hook programs in bpf/, loaded with bcc and attached to cgroups.
+"""The hook programs in bpf/ and their cgroup attachments.
 
-`Programs` owns every attachment it makes and undoes them in reverse order
-in an idempotent close(); bcc's own cleanup() does not detach cgroup
-programs. Programs share maps through pins under the node's pin directory.
+bcc compiles and loads them in a child process (bpf_loader); `Programs`
+holds their fds, owns every attachment it makes and undoes them in reverse
+order in an idempotent close(). Programs share maps through pins under the
+node's pin directory.
 """
 import json
 import os
 import subprocess
 from dataclasses import dataclass
 
+from . import bpf_sys
 from .errors import GlasswingError
 
 BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
@@ -52,58 +54,46 @@ def import_bcc():
 def check_bpf_available() -> None:
     if os.geteuid() != 0:
         raise GlasswingError("must run as root: BPF programs, namespaces and cgroups need it")
-    import_bcc()
+    import importlib.util
+    if importlib.util.find_spec("bcc") is None:  # not imported here: only the loader child needs it
+        raise GlasswingError("bcc Python module not found: install python3-bpfcc "
+                             "(make install links it into the venv)")
     with open("/proc/self/mounts") as f:
         if not any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in f):
             raise GlasswingError("bpffs is not mounted at /sys/fs/bpf: mount -t bpf bpf /sys/fs/bpf")
 
 
 class Programs:
-    """Loaded hook programs and the cgroup attachments made with them."""
+    """Loaded hook programs (fds handed over by bpf_loader) and the cgroup
+    attachments made with them."""
 
     def __init__(self, pin_dir: str):
         self.pin_dir = pin_dir
-        self._modules = {}   # hook file -> bcc.BPF
-        self._fns = {}       # hook file -> bcc function (fd)
+        self._progs = {}     # hook file -> (prog fd, attach type number)
         self._attached = []  # (cgroup path, cgroup fd, hook), in attach order
 
     def load(self) -> None:
-        bcc = import_bcc()
-        os.makedirs(self.pin_dir, exist_ok=True)
-        cflags = [f'-DPIN_DIR="{self.pin_dir}"', f"-I{BPF_DIR}"]
-        try:
-            for hook in HOOKS:
-                src = os.path.join(BPF_DIR, hook.file + ".c")
-                mod = bcc.BPF(src_file=src.encode(), cflags=cflags)
-                self._modules[hook.file] = mod
-                kw = {}
-                if hook.prog_type != "SOCK_OPS":
-                    kw["attach_type"] = getattr(bcc.BPFAttachType, hook.attach_type)
-                self._fns[hook.file] = mod.load_func(
-                    hook.function.encode(), getattr(bcc.BPFProgType, hook.prog_type), **kw)
-        except Exception as e:
-            self.close()
-            raise GlasswingError(f"loading BPF programs failed: {str(e).splitlines()[0]}") from None
+        from . import bpf_loader
+        self._progs = bpf_loader.load(self.pin_dir)
 
     def prog_ids(self) -> set:
-        return {_prog_id(fn.fd) for fn in self._fns.values()}
+        return {_prog_id(fd) for fd, _t in self._progs.values()}
 
     def attach(self, cgroup: str, role: str) -> None:
         """Attach the hooks for role ("pod" or "forwarder"); all of them or none."""
-        bcc = import_bcc()
         hooks = [h for h in HOOKS if (h.on_pods if role == "pod" else h.on_forwarder)]
         fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         done = []
         try:
             for hook in hooks:
-                bcc.BPF.attach_func(self._fns[hook.file], fd,
-                                    getattr(bcc.BPFAttachType, hook.attach_type), BPF_F_ALLOW_MULTI)
+                prog, atype = self._progs[hook.file]
+                bpf_sys.prog_attach(prog, fd, atype, BPF_F_ALLOW_MULTI)
                 done.append((cgroup, fd, hook))
-        except Exception as e:
+        except OSError as e:
             for item in reversed(done):
                 self._detach_one(*item)
             os.close(fd)
-            raise GlasswingError(f"attaching BPF programs to {cgroup} failed: {e}") from None
+            raise GlasswingError(f"attaching BPF programs to {cgroup} failed: {e.strerror}") from None
         self._attached.extend(done)
         # A previous forwarder that was killed left its programs attached
         # (they kept pods working meanwhile); drop them now that ours run.
@@ -121,19 +111,18 @@ class Programs:
             os.close(mine[0][1])
 
     def _detach_one(self, cgroup, fd, hook):
-        bcc = import_bcc()
+        prog, atype = self._progs[hook.file]
         try:
-            bcc.BPF.detach_func(self._fns[hook.file], fd, getattr(bcc.BPFAttachType, hook.attach_type))
-        except Exception:  # noqa: BLE001 - cgroup already gone: nothing left to detach
+            bpf_sys.prog_detach(prog, fd, atype)
+        except OSError:  # cgroup already gone: nothing left to detach
             pass
 
     def close(self) -> None:
         for cgroup in reversed(list(dict.fromkeys(c for c, _fd, _h in self._attached))):
             self.detach(cgroup)
-        for mod in reversed(list(self._modules.values())):
-            mod.cleanup()
-        self._modules.clear()
-        self._fns.clear()
+        for fd, _t in self._progs.values():
+            os.close(fd)
+        self._progs.clear()
 
 
 def _prog_id(fd: int) -> int:

@@ -16,21 +16,16 @@ def test_not_root(monkeypatch):
 
 
 def test_no_bcc(monkeypatch):
+    import importlib.util
     monkeypatch.setattr(bpf_programs.os, "geteuid", lambda: 0)
-    real_import = builtins.__import__
-
-    def fake_import(name, *a, **kw):
-        if name == "bcc":
-            raise ImportError("No module named 'bcc'")
-        return real_import(name, *a, **kw)
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bcc" else real(name, *a))
     with pytest.raises(GlasswingError, match=r"^bcc Python module not found: install python3-bpfcc"):
         bpf_programs.check_bpf_available()
 
 
 def test_no_bpffs(monkeypatch):
     monkeypatch.setattr(bpf_programs.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(bpf_programs, "import_bcc", lambda: None)
     real_open = builtins.open
 
     def fake_open(path, *a, **kw):

@@ -1,0 +1,64 @@
+"""Compiles and loads the hook programs with bcc in a child process and
+hands their fds to the parent over a unix socket (SCM_RIGHTS). The child
+exits at once; the programs live on through the fds, the maps through their
+pins. Keeps LLVM out of the long-running forwarder.
+
+    python -m dataplane.bpf_loader PIN_DIR SOCKET_FD
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from .errors import GlasswingError
+
+MAX_HOOKS = 16
+
+
+def load(pin_dir: str) -> dict:
+    """{hook file: (prog fd, attach type number)} for every hook in bpf_programs.HOOKS."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with parent:
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "dataplane.bpf_loader", pin_dir,
+                                     str(child.fileno())], pass_fds=[child.fileno()],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        finally:
+            child.close()  # the child's copy is the only one left: EOF if it dies early
+        msg, fds, _flags, _addr = socket.recv_fds(parent, 65536, MAX_HOOKS)
+        _out, err = proc.communicate(timeout=120)
+    if proc.returncode != 0 or not msg:
+        for fd in fds:
+            os.close(fd)
+        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        raise GlasswingError(f"loading BPF programs failed: {lines[-1] if lines else 'loader exited'}")
+    names = json.loads(msg)
+    return {n["file"]: (fd, n["attach_type"]) for n, fd in zip(names, fds)}
+
+
+def _child(pin_dir: str, sock_fd: int) -> int:
+    from .bpf_programs import BPF_DIR, HOOKS, import_bcc
+    bcc = import_bcc()
+    os.makedirs(pin_dir, exist_ok=True)
+    cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{BPF_DIR}"]
+    names, fds, modules = [], [], []
+    try:
+        for hook in HOOKS:
+            mod = bcc.BPF(src_file=os.path.join(BPF_DIR, hook.file + ".c").encode(), cflags=cflags)
+            modules.append(mod)
+            atype = getattr(bcc.BPFAttachType, hook.attach_type)
+            kw = {} if hook.prog_type == "SOCK_OPS" else {"attach_type": atype}
+            fn = mod.load_func(hook.function.encode(), getattr(bcc.BPFProgType, hook.prog_type), **kw)
+            names.append({"file": hook.file, "attach_type": int(atype)})
+            fds.append(fn.fd)
+    except Exception as e:  # noqa: BLE001 - reported to the parent as one line
+        print(" ".join(str(e).split()), file=sys.stderr)
+        return 1
+    with socket.socket(fileno=sock_fd) as s:
+        socket.send_fds(s, [json.dumps(names).encode()], fds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], int(sys.argv[2])))
