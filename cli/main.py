@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=int, default=5, help="iperf3 run length")
 
     bench = sub.add_parser("bench", help="benchmarks measured in one run").add_subparsers(dest="sub", required=True)
+    bd = bench.add_parser("datapath", help="iperf3 and sockperf: direct, mesh and HAProxy, same node and two nodes")
+    bd.add_argument("--quick", action="store_true", help="fewer and shorter runs")
+    bd.add_argument("--out", default="bench-results", help="directory for bench.json and bench.svg")
     br = bench.add_parser("registry", help="config-to-kernel latency and a big registry, per store backend")
     br.add_argument("--backend", choices=("file", "etcd", "both"), default="both")
     br.add_argument("--services", type=int, default=10000)
@@ -136,6 +139,10 @@ def run(args):
     elif cmd == "demo":
         from dataplane.demo import run_demo
         return run_demo(seconds=args.seconds)
+    elif cmd == "bench" and sub == "datapath":
+        ctl.require_root()
+        from dataplane import bench
+        bench.run(args.quick, args.out)
     elif cmd == "bench":
         ctl.require_root()
         from dataplane import bench_registry

@@ -87,3 +87,15 @@ def test_etcd_restart_keeps_traffic_flowing_and_resyncs(cluster):
             break
         assert time.monotonic() < deadline, r
         time.sleep(0.1)
+
+
+def test_dead_nodes_endpoints_leave_etcd_with_its_lease(cluster):
+    from dataplane.settings import LEASE_TTL
+    os.kill(cluster.ctl("n3").forwarder_pid(), 9)
+    deadline = time.monotonic() + LEASE_TTL + 5
+    while any(e["node"] == "n3" for e in cluster.doc["endpoints"].values()):
+        assert time.monotonic() < deadline, "n3's endpoints outlived its lease in etcd"
+        time.sleep(0.5)
+    time.sleep(1.0)
+    assert greetings(cluster, "c1", "web") == {"w1", "w2"}
+    cluster.ctl("n3").up()

@@ -1,0 +1,247 @@
+"""`glasswing bench`: the data path measured against its baselines in one run.
+
+Topologies (built here, torn down even on Ctrl-C):
+    same node:  client --(path)--> server          (both on n1)
+    two nodes:  client --(path)--> server2         (n1 -> n2 over the underlay)
+
+Paths: direct (no mesh); mesh (the forwarders: splice relay, the tunnel across
+nodes); HAProxy placed where the forwarder sits (one hop on n1, or a pair
+n1 -> n2 for two nodes), the reference a user would otherwise pick.
+
+Tools: iperf3 with 1 and 4 streams (Gbit/s), sockperf ping-pong with 64-byte
+messages (round trip in us: sockperf reports half of it). Every figure is the
+median of several runs, with min and max. Latency runs pin the client, the
+server and every proxy process to CPU 0 (a wake-up across the two vCPUs
+costs more than the path); throughput runs are not pinned.
+"""
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from .lab import Lab
+
+IPERF_PORT, SOCKPERF_PORT, PROXY_PORT, PAIR_PORT = 5201, 11111, 16000, 16001
+HAPROXY_CFG = """global
+    maxconn 4000
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 2m
+    timeout server 2m
+{listeners}
+"""
+LISTEN = "listen p{port}\n    bind {bind}:{port}\n    server s {dest}\n"
+
+
+class Bench:
+    def __init__(self, quick: bool, say):
+        self.quick, self.say = quick, say
+        self.runs = 2 if quick else 5
+        self.seconds = 2 if quick else 5
+        self.lab = Lab("gwbench")
+        self.proxies = []  # haproxy Popen
+        self.results = []
+
+    # ------------------------------------------------------------ topology
+
+    def build(self):
+        lab = self.lab
+        lab.node("n1")
+        lab.node("n2")
+        lab.pod("client", "n1")
+        self.server = lab.pod("server", "n1")
+        self.server2 = lab.pod("server2", "n2")
+        for name in ("server", "server2"):
+            for port in (IPERF_PORT, SOCKPERF_PORT):
+                lab.service(f"{name}-{port}", ports=[str(port)], endpoints=[name])
+        lab.up("n1")
+        lab.up("n2")
+        self.vips = {s["name"]: s["vip"] for s in lab.doc["services"].values()}
+        for name, rec in (("server", self.server), ("server2", self.server2)):
+            lab.spawn(name, ["iperf3", "-s", "-B", rec["ip"], "-p", str(IPERF_PORT)])
+            lab.spawn(name, ["taskset", "-c", "0", "sockperf", "sr", "--tcp", "-i", rec["ip"],
+                             "-p", str(SOCKPERF_PORT)])
+        doc = lab.doc
+        self.n1, self.n2 = doc["nodes"]["n1"], doc["nodes"]["n2"]
+        # HAProxy where the forwarder sits: one hop on n1, and a pair n1 -> n2
+        gw = self.n1["gateway"]
+        one = [LISTEN.format(port=PROXY_PORT + p, bind=gw, dest=f"{self.server['ip']}:{p}")
+               for p in (IPERF_PORT, SOCKPERF_PORT)]
+        pair1 = [LISTEN.format(port=PROXY_PORT + 100 + p, bind=gw, dest=f"{self.n2['ip']}:{PAIR_PORT + p}")
+                 for p in (IPERF_PORT, SOCKPERF_PORT)]
+        pair2 = [LISTEN.format(port=PAIR_PORT + p, bind=self.n2["ip"], dest=f"{self.server2['ip']}:{p}")
+                 for p in (IPERF_PORT, SOCKPERF_PORT)]
+        self._haproxy(self.n1["netns"], one + pair1)
+        self._haproxy(self.n2["netns"], pair2)
+        time.sleep(0.5)
+        for p in self.proxies:
+            if p.poll() is not None:
+                raise RuntimeError(f"haproxy failed: {p.stderr.read().decode()[-300:]}")
+
+    def _haproxy(self, ns, listeners):
+        cfg = os.path.join(self.lab.dir, f"haproxy-{len(self.proxies)}.cfg")
+        with open(cfg, "w") as f:
+            f.write(HAPROXY_CFG.format(listeners="\n".join(listeners)))
+        self.proxies.append(subprocess.Popen(["ip", "netns", "exec", ns, "haproxy", "-db", "-f", cfg],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                             start_new_session=True))
+
+    def paths(self):
+        gw = self.n1["gateway"]
+        return [
+            ("same node", "direct", self.server["ip"], 0),
+            ("same node", "mesh", self.vips["server-" + str(IPERF_PORT)], 0),
+            ("same node", "haproxy", gw, PROXY_PORT),
+            ("two nodes", "direct", self.server2["ip"], 0),
+            ("two nodes", "mesh", self.vips["server2-" + str(IPERF_PORT)], 0),
+            ("two nodes", "haproxy pair", gw, PROXY_PORT + 100),
+        ]
+
+    # ------------------------------------------------------------ tools
+
+    def _dest(self, topo, path, ip, offset, port):
+        if path == "mesh":
+            server = "server" if topo == "same node" else "server2"
+            return self.vips[f"{server}-{port}"], port
+        return ip, (offset + port) if offset else port
+
+    def iperf(self, ip, port, streams):
+        r = self.lab.run("client", ["iperf3", "-J", "-c", ip, "-p", str(port), "-t", str(self.seconds),
+                                    "-P", str(streams)], timeout=self.seconds + 60)
+        if r.returncode != 0:
+            raise RuntimeError(f"iperf3 to {ip}:{port}: {r.stdout[-300:]}{r.stderr[-300:]}")
+        return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+    def sockperf(self, ip, port):
+        r = self.lab.run("client", ["taskset", "-c", "0", "sockperf", "pp", "--tcp", "-i", ip, "-p", str(port),
+                                    "-t", str(self.seconds), "-m", "64"], timeout=self.seconds + 60)
+        m = re.search(r"percentile 50\.000 =\s+([\d.]+)", r.stdout)
+        if r.returncode != 0 or not m:
+            raise RuntimeError(f"sockperf to {ip}:{port}: {(r.stdout + r.stderr)[-300:]}")
+        return 2 * float(m.group(1))  # sockperf reports half the round trip
+
+    def _pin(self, cpus: str):
+        pids = [self.lab.ctl(n).forwarder_pid() for n in ("n1", "n2")]
+        pids += [int(x) for p in self.proxies
+                 for x in subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True,
+                                         text=True).stdout.split()]
+        for pid in filter(None, pids):
+            subprocess.run(["taskset", "-apc", cpus, str(pid)], capture_output=True)
+
+    # ------------------------------------------------------------ run
+
+    def measure(self):
+        metrics = [("Gbit/s, 1 stream", lambda ip, p: self.iperf(ip, p, 1), IPERF_PORT, "0-1"),
+                   ("Gbit/s, 4 streams", lambda ip, p: self.iperf(ip, p, 4), IPERF_PORT, "0-1"),
+                   ("RTT p50 us, 64 B", self.sockperf, SOCKPERF_PORT, "0")]
+        total = len(metrics) * len(self.paths()) * self.runs
+        done = 0
+        for metric, fn, port, cpus in metrics:
+            self._pin(cpus)
+            for topo, path, ip, offset in self.paths():
+                dest = self._dest(topo, path, ip, offset, port)
+                values = []
+                for _ in range(self.runs):
+                    values.append(fn(*dest))
+                    done += 1
+                    self.say(f"\r  [{done}/{total}] {metric:<18} {topo:<10} {path:<13} {values[-1]:8.2f}   ", end="")
+                self.results.append({"metric": metric, "topology": topo, "path": path,
+                                     "median": statistics.median(values), "min": min(values),
+                                     "max": max(values), "runs": values})
+        self._pin("0-1")
+        self.say("\r" + " " * 80 + "\r", end="")
+
+    def release(self):
+        for p in self.proxies:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        self.proxies = []
+        self.lab.release()
+
+
+def ratios(results):
+    """Add ratio to direct and to HAProxy (same metric and topology)."""
+    by = {(r["metric"], r["topology"], r["path"]): r["median"] for r in results}
+    for r in results:
+        d = by.get((r["metric"], r["topology"], "direct"))
+        h = by.get((r["metric"], r["topology"], "haproxy")) or by.get((r["metric"], r["topology"], "haproxy pair"))
+        r["vs_direct"] = r["median"] / d if d else None
+        r["vs_haproxy"] = r["median"] / h if h else None
+    return results
+
+
+def table(results) -> str:
+    lines = [f"{'metric':<18} {'topology':<10} {'path':<13} {'median':>8} {'min':>8} {'max':>8} "
+             f"{'/direct':>8} {'/haproxy':>9}"]
+    for r in results:
+        lines.append(f"{r['metric']:<18} {r['topology']:<10} {r['path']:<13} {r['median']:8.2f} {r['min']:8.2f} "
+                     f"{r['max']:8.2f} {r['vs_direct']:8.2f} {r['vs_haproxy']:9.2f}")
+    return "\n".join(lines)
+
+
+def svg(results, title) -> str:
+    """Bars per metric: one group per topology, one bar per path, labelled."""
+    metrics = list(dict.fromkeys(r["metric"] for r in results))
+    colors = {"direct": "#888888", "mesh": "#2a7ab0", "haproxy": "#d08030", "haproxy pair": "#d08030"}
+    w, panel_h, bar_w = 900, 220, 46
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{60 + panel_h * len(metrics)}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="24" font-size="16" font-weight="bold">{title}</text>']
+    for i, metric in enumerate(metrics):
+        rows = [r for r in results if r["metric"] == metric]
+        top = 50 + i * panel_h
+        peak = max(r["max"] for r in rows) or 1
+        out.append(f'<text x="10" y="{top + 14}" font-weight="bold">{metric}'
+                   f'{" (lower is better)" if "RTT" in metric else " (higher is better)"}</text>')
+        x = 20
+        for topo in dict.fromkeys(r["topology"] for r in rows):
+            out.append(f'<text x="{x}" y="{top + panel_h - 2}" font-weight="bold">{topo}</text>')
+            for r in (r for r in rows if r["topology"] == topo):
+                h = (panel_h - 70) * r["median"] / peak
+                y = top + panel_h - 30 - h
+                out.append(f'<rect x="{x}" y="{y:.1f}" width="{bar_w}" height="{h:.1f}" '
+                           f'fill="{colors.get(r["path"], "#555")}"/>')
+                out.append(f'<text x="{x + bar_w / 2}" y="{y - 4:.1f}" text-anchor="middle">{r["median"]:.1f}</text>')
+                out.append(f'<text x="{x + bar_w / 2}" y="{top + panel_h - 18}" text-anchor="middle" '
+                           f'font-size="10">{r["path"]}</text>')
+                x += bar_w + 30
+            x += 40
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def run(quick: bool, out_dir: str, say=print) -> list:
+    b = Bench(quick, lambda *a, **k: say(*a, **k))
+    old = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        say(f"building two nodes, three pods, HAProxy one hop and pair ({'quick' if quick else 'full'} run: "
+            f"{b.runs} runs of {b.seconds}s per figure)")
+        b.build()
+        t0 = time.monotonic()
+        b.measure()
+        results = ratios(b.results)
+    finally:
+        say("tearing down")
+        b.release()
+        signal.signal(signal.SIGTERM, old)
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"command": " ".join(sys.argv), "kernel": os.uname().release, "cpus": os.cpu_count(),
+            "quick": quick, "seconds": round(time.monotonic() - t0, 1), "results": results}
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    with open(os.path.join(out_dir, "bench.svg"), "w") as f:
+        f.write(svg(results, f"glasswing bench on {os.uname().release}, {os.cpu_count()} vCPUs"))
+    say(table(results))
+    say(f"wrote {out_dir}/bench.json and {out_dir}/bench.svg")
+    return results
