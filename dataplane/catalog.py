@@ -27,6 +27,7 @@ class Catalog:
         self.by_vip = {}      # (vip, port) -> ServicePort
         self.by_name = {}     # (service key, port) -> ServicePort
         self.vips = {}        # (namespace, name) -> vip
+        self._dns_names = None
         for key, svc in doc["services"].items():
             ns, name = svc.get("namespace", "default"), svc.get("name", key)
             self.vips[(ns, name)] = svc["vip"]
@@ -53,6 +54,14 @@ class Catalog:
             sp = self.by_name.get((e["service"], e["service_port"]))
             if sp is not None and e.get("health") != "unhealthy":
                 sp.endpoints.append(Endpoint(e["pod"], e["node"], e["ip"], e["port"]))
+
+    @property
+    def dns_names(self):
+        """Service names normalized for the resolver, built on first use per catalog."""
+        if self._dns_names is None:
+            from .dns_names import Names
+            self._dns_names = Names(self.vips)
+        return self._dns_names
 
     def service_port(self, vip: str, port: int):
         return self.by_vip.get((vip, port))

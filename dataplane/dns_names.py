@@ -36,15 +36,24 @@ def _ips(vip) -> list:
     return [str(vip)]
 
 
+class Names:
+    """services normalized once for many lookups: pass it to classify instead
+    of the raw mapping, so a query costs O(1), not O(services)."""
+
+    def __init__(self, services):
+        self.table = {(_norm(ns), _norm(svc)): vip for (ns, svc), vip in (services or {}).items()}
+        self.namespaces = {ns for ns, _ in self.table}
+
+
 def classify(name: str, pod_namespace: str | None, suffix: str | None = DEFAULT_SUFFIX,
              services=None) -> tuple:
-    """(kind, ips) for name asked from a pod in pod_namespace; services maps (namespace, name) -> vip.
+    """(kind, ips) for name asked from a pod in pod_namespace; services maps (namespace, name) -> vip,
+    or is a Names built from such a mapping.
 
     A vip may also be a list of addresses. suffix None or "" means DEFAULT_SUFFIX.
     """
-    services = services or {}
-    table = {(_norm(ns), _norm(svc)): vip for (ns, svc), vip in services.items()}
-    namespaces = {ns for ns, _ in table}
+    names = services if isinstance(services, Names) else Names(services)
+    table, namespaces = names.table, names.namespaces
     pod_ns = _norm(pod_namespace)
     name = _norm(name)
     if not name:

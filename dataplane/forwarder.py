@@ -437,7 +437,7 @@ class Forwarder:
         ps = self.pods.get(pod)
         settings = self.doc["config"]["meshsettings"].get("-/mesh")
         suffix = settings.spec.dns_suffix if settings else None
-        return dns_names.classify(name, ps.namespace if ps else "default", suffix, self.catalog.vips)
+        return dns_names.classify(name, ps.namespace if ps else "default", suffix, self.catalog.dns_names)
 
     def _upstream_socket(self):
         import socket as _s

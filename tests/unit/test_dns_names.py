@@ -106,3 +106,13 @@ def test_returns_fresh_lists():
     kind, ips = classify("web", "default", DEFAULT_SUFFIX, SERVICES)
     ips.append("x")
     assert classify("web", "default", DEFAULT_SUFFIX, SERVICES) == ("found", WEB)
+
+
+def test_prebuilt_names_answer_exactly_like_the_mapping():
+    from dataplane.dns_names import Names
+    services = {("default", "web"): "198.19.0.10", ("shop", "Orders"): "198.19.0.11"}
+    names = Names(services)
+    for q in ("web", "web.default", "web.default.svc.glasswing", "orders.shop", "ORDERS.shop.svc.glasswing.",
+              "nope.shop", "nope.default.svc.glasswing", "example.org", "svc.glasswing", "shop.svc.glasswing", ""):
+        for ns in ("default", "shop"):
+            assert classify(q, ns, None, names) == classify(q, ns, None, services), (q, ns)
