@@ -2,7 +2,8 @@
  * the forwarder's outbound listener inside the pod's own namespace. With no
  * listener there (forwarder down), the pod's fail mode decides: open
  * translates to one of the service's endpoints here in the kernel, closed
- * fails the connect at once (EPERM). A connected UDP socket to port 53 (a
+ * fails the connect at once (EPERM). A service marked for socket load
+ * balancing is always translated here, forwarder or not. A connected UDP socket to port 53 (a
  * resolver, as glibc does it) goes to the forwarder's DNS resolver when one
  * is bound. Anything else passes untouched. */
 #include "maps.h"
@@ -67,7 +68,9 @@ int gw_connect4(struct bpf_sock_addr *ctx)
 
 	rec.ip = key.vip;
 	rec.port = key.port;
-	if (forwarder_listening(ctx, cfg)) {
+	/* Socket load balancing: a service that needs no forwarder feature gets
+	 * its endpoint picked here, and its bytes never reach userspace. */
+	if (!(svc->flags & GW_SVC_SOCKET_LB) && forwarder_listening(ctx, cfg)) {
 		rec.flags = GW_REDIRECTED;
 		rec.redir_ip = cfg->outbound_ip;
 		rec.redir_port = cfg->outbound_port;
@@ -77,7 +80,7 @@ int gw_connect4(struct bpf_sock_addr *ctx)
 		struct backend_key bk = {};
 		struct backend_value *be;
 
-		if (pod && pod->fail_mode == GW_FAIL_CLOSED)
+		if (!(svc->flags & GW_SVC_SOCKET_LB) && pod && pod->fail_mode == GW_FAIL_CLOSED)
 			return 0;
 		if (svc->count == 0)
 			return 0;

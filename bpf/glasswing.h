@@ -28,6 +28,9 @@
 
 #define GW_DNS_PORT_N 0x3500 /* 53 in network order (little-endian load) */
 
+/* svc_value.flags */
+#define GW_SVC_SOCKET_LB 1 /* connect4 picks the endpoint; the forwarder is not on the path */
+
 /* pod_settings.fail_mode */
 #define GW_FAIL_OPEN 0
 #define GW_FAIL_CLOSED 1

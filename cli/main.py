@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", action="append", default=[], metavar="POD[:PORT]")
     s.add_argument("--selector", action="append", default=[], metavar="K=V")
     s.add_argument("--vip", help="service address (default: next free)")
+    s.add_argument("--socket-lb", action="store_true",
+                   help="pick endpoints in connect4 (label glasswing.dev/lb=socket): no forwarder on the "
+                        "path, and the server sees the client's own address")
     svc.add_parser("rm", help="remove a service").add_argument("name")
     svc.add_parser("list", help="list services")
     _json_everywhere(p)
@@ -258,7 +261,8 @@ def _service(ctl, args, sub):
     from dataplane import names
     if sub == "add":
         rec = ctl.service_add(args.name, ports=args.port, endpoints=args.endpoint,
-                              selector=names.labels(args.selector) or None, vip=args.vip)
+                              selector=names.labels(args.selector) or None, vip=args.vip,
+                              socket_lb=args.socket_lb)
         ports = ", ".join(f"{m['port']}->{m['target']}" for m in rec["ports"])
         emit(rec, args.json, lambda r: print(f"service {args.name}: {r['vip']} ports {ports}"))
     elif sub == "rm":

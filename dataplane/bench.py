@@ -5,7 +5,7 @@ Topologies (built here, torn down even on Ctrl-C):
     two nodes:  client --(path)--> server2         (n1 -> n2 over the underlay)
 
 Paths: direct (no mesh); mesh (the forwarders: splice relay, the tunnel across
-nodes); HAProxy placed where the forwarder sits (one hop on n1, or a pair
+nodes); socket lb (connect4 picks the endpoint, no forwarder on the path); HAProxy placed where the forwarder sits (one hop on n1, or a pair
 n1 -> n2 for two nodes), the reference a user would otherwise pick.
 
 Tools: iperf3 with 1 and 4 streams (Gbit/s), sockperf ping-pong with 64-byte
@@ -61,6 +61,7 @@ class Bench:
         for name in ("server", "server2"):
             for port in (IPERF_PORT, SOCKPERF_PORT):
                 lab.service(f"{name}-{port}", ports=[str(port)], endpoints=[name])
+                lab.service(f"{name}-{port}-lb", ports=[str(port)], endpoints=[name], socket_lb=True)
         lab.up("n1")
         lab.up("n2")
         self.vips = {s["name"]: s["vip"] for s in lab.doc["services"].values()}
@@ -98,18 +99,20 @@ class Bench:
         return [
             ("same node", "direct", self.server["ip"], 0),
             ("same node", "mesh", self.vips["server-" + str(IPERF_PORT)], 0),
+            ("same node", "socket lb", None, 0),
             ("same node", "haproxy", gw, PROXY_PORT),
             ("two nodes", "direct", self.server2["ip"], 0),
             ("two nodes", "mesh", self.vips["server2-" + str(IPERF_PORT)], 0),
+            ("two nodes", "socket lb", None, 0),
             ("two nodes", "haproxy pair", gw, PROXY_PORT + 100),
         ]
 
     # ------------------------------------------------------------ tools
 
     def _dest(self, topo, path, ip, offset, port):
-        if path == "mesh":
+        if path in ("mesh", "socket lb"):
             server = "server" if topo == "same node" else "server2"
-            return self.vips[f"{server}-{port}"], port
+            return self.vips[f"{server}-{port}" + ("-lb" if path == "socket lb" else "")], port
         return ip, (offset + port) if offset else port
 
     def iperf(self, ip, port, streams):
@@ -192,7 +195,7 @@ def table(results) -> str:
 def svg(results, title) -> str:
     """Bars per metric: one group per topology, one bar per path, labelled."""
     metrics = list(dict.fromkeys(r["metric"] for r in results))
-    colors = {"direct": "#888888", "mesh": "#2a7ab0", "haproxy": "#d08030", "haproxy pair": "#d08030"}
+    colors = {"direct": "#888888", "mesh": "#2a7ab0", "socket lb": "#40a060", "haproxy": "#d08030", "haproxy pair": "#d08030"}
     w, panel_h, bar_w = 900, 220, 46
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{60 + panel_h * len(metrics)}" '
            'font-family="sans-serif" font-size="12">',

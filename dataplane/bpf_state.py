@@ -10,7 +10,7 @@ import socket
 import struct
 
 from .bpf_maps import PinnedMap
-from .bpf_structs import (BackendKey, BackendValue, GW_FAIL_CLOSED, GW_FAIL_OPEN, GwConfig,
+from .bpf_structs import (BackendKey, BackendValue, GW_FAIL_CLOSED, GW_FAIL_OPEN, GW_SVC_SOCKET_LB, GwConfig,
                           PodSettings, SvcKey, SvcValue)
 from .settings import DNS_PORT, FORWARDER_MARK, OUTBOUND_IP, OUTBOUND_PORT
 
@@ -44,7 +44,8 @@ def desired(catalog, doc: dict, node: str, cgroup_ids: dict, ids: ServiceIds) ->
     for (vip, port), sp in catalog.by_vip.items():
         sid = ids.get((sp.service, port))
         key = SvcKey(vip=_n32(vip), port=_n16(port), proto=IPPROTO_TCP)
-        services[bytes(key)] = bytes(SvcValue(svc_id=sid, count=len(sp.endpoints)))
+        services[bytes(key)] = bytes(SvcValue(svc_id=sid, count=len(sp.endpoints),
+                                              flags=GW_SVC_SOCKET_LB if sp.socket_lb else 0))
         for slot, ep in enumerate(sp.endpoints):
             backends[bytes(BackendKey(svc_id=sid, slot=slot))] = \
                 bytes(BackendValue(ip=_n32(ep.ip), port=_n16(ep.port)))

@@ -4,6 +4,8 @@ VIP by name. Rebuilt on every store change (off the per-connection path),
 read-only in between."""
 from dataclasses import dataclass, field
 
+SOCKET_LB_LABEL = "glasswing.dev/lb"  # "socket": load balance in connect4
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -19,6 +21,7 @@ class ServicePort:
     port: int
     target: int
     endpoints: list = field(default_factory=list)
+    socket_lb: bool = False  # connect4 picks endpoints; no forwarder on the path
 
 
 class Catalog:
@@ -32,7 +35,8 @@ class Catalog:
             ns, name = svc.get("namespace", "default"), svc.get("name", key)
             self.vips[(ns, name)] = svc["vip"]
             for m in svc["ports"]:
-                sp = ServicePort(key, m["port"], m["target"])
+                sp = ServicePort(key, m["port"], m["target"],
+                                 socket_lb=svc.get("labels", {}).get(SOCKET_LB_LABEL) == "socket")
                 self.by_vip[(svc["vip"], m["port"])] = sp
                 self.by_name[(key, m["port"])] = sp
                 # endpoints given by address are outside any pod: reached directly

@@ -188,8 +188,10 @@ class Forwarder:
                 backoff = 0.1
                 if events:
                     for ev in events:
-                        (registry.apply_put if ev.kind == "put" else registry.apply_delete)(
-                            self.doc, ev.key, ev.value)
+                        if ev.kind == "put":
+                            registry.apply_put(self.doc, ev.key, ev.value)
+                        else:
+                            registry.apply_delete(self.doc, ev.key)
                         self.doc["revision"] = ev.revision
                     self.reconcile(self.doc)
             except Compacted:
@@ -525,11 +527,20 @@ def cleanup_stale(doc: dict, node: str, run_root: str) -> list:
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
+    """True once pid has exited. A forwarder started by this process (tests,
+    the demo) stays a zombie until reaped: reap it, do not wait on it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass  # not our child: someone else reaps it
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
             return True
-        time.sleep(0.05)
+        time.sleep(0.02)
     return False

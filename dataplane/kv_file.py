@@ -429,3 +429,11 @@ class FileKV:
     def close(self) -> None:
         with self._mu:
             self._drop_snap()
+
+    def __del__(self):  # an unclosed store must not keep old file versions open
+        snap = getattr(self, "_snap", None)
+        if snap is not None and snap.fd >= 0:
+            try:
+                os.close(snap.fd)
+            except OSError:
+                pass

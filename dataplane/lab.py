@@ -39,9 +39,12 @@ class Lab:
         self.nodes_up = []
         self.released = False
         self._pods = {}
+        self._ctls = {}
 
     def ctl(self, node: str = "local") -> Control:
-        return Control(node=node, store=self.store_url, run=self.run_root)
+        if node not in self._ctls:
+            self._ctls[node] = Control(node=node, store=self.store_url, run=self.run_root)
+        return self._ctls[node]
 
     @property
     def doc(self) -> dict:

@@ -22,7 +22,7 @@ def key_of(name: str) -> str:
 
 
 def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selector: dict = None,
-                vip: str = None) -> dict:
+                vip: str = None, socket_lb: bool = False) -> dict:
     ns, short = split_name(name)
     key = f"{ns}/{short}"
     if key in doc["services"]:
@@ -58,7 +58,8 @@ def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selecto
                     if h >= SERVICE_RANGE.network_address + 10 and str(h) not in taken), None)
         if vip is None:
             raise GlasswingError(f"no free service address left in {SERVICE_RANGE}")
-    rec = {"namespace": ns, "name": short, "labels": {}, "vip": vip, "ports": mapped,
+    rec = {"namespace": ns, "name": short, "labels": {"glasswing.dev/lb": "socket"} if socket_lb else {},
+           "vip": vip, "ports": mapped,
            "endpoints": eps, "selector": selector or None, "health_check": None}
     doc["services"][key] = rec
     return rec

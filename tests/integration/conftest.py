@@ -6,7 +6,8 @@ when tests fail:
       web1    198.18.1.3 app=web
     services: web 80->8080 (selector app=web), near 7000 -> web1,
               far 7000 -> web2, iperf-near/far 5201, empty 80 (no endpoint),
-              dead-far 7100 -> web2:7100 (nothing listens)
+              dead-far 7100 -> web2:7100 (nothing listens),
+              socklb 7000 -> web1, web2 (picked in connect4, no forwarder)
 """
 import json
 import os
@@ -61,6 +62,7 @@ def mesh(kernel_before):
         lab.service("iperf-far", ports=["5201"], endpoints=["web2"])
         lab.service("empty", ports=["80"])
         lab.service("dead-far", ports=["7100"], endpoints=["web2"])
+        lab.service("socklb", ports=["7000"], endpoints=["web1", "web2"], socket_lb=True)
         lab.up("n1")
         lab.up("n2")
         doc = lab.doc

@@ -144,3 +144,19 @@ def test_status_reports_pods_and_connections(mesh):
     assert st["running"] and st["pods"] == ["client", "web1"] and st["relay"] in ("cython", "python")
     st2 = mesh.ctl("n2").status()
     assert st2["pods"] == ["web2"]
+
+
+def test_socket_lb_picks_endpoints_in_the_kernel(mesh):
+    """No forwarder on the path: the server sees the client's own address,
+    the app still sees the VIP, and both endpoints (one on each node) serve."""
+    seen = set()
+    for _ in range(12):
+        r = client(mesh, mesh.vips["socklb"], 7000, size=10000)
+        assert r.get("error") is None and r["same"], r
+        assert r["peername"] == [mesh.vips["socklb"], 7000]
+        assert r["greeting"][1] == mesh.ips["client"]
+        seen.add(r["greeting"][0])
+    assert seen == {"web1", "web2"}
+    before = mesh.ctl("n1").status()["stats"]["accepted"]
+    client(mesh, mesh.vips["socklb"], 7000)
+    assert mesh.ctl("n1").status()["stats"]["accepted"] == before  # never reached the forwarder

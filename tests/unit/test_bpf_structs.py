@@ -89,5 +89,5 @@ def test_sizes_and_offsets_match_the_header(tmp_path):
 def test_constants_match_the_header():
     with open(HEADER) as f:
         defines = dict(re.findall(r"^#define\s+(GW_\w+)\s+(\d+)", f.read(), re.M))
-    for const in ("GW_REDIRECTED", "GW_TRANSLATED", "GW_DNS", "GW_FAIL_OPEN", "GW_FAIL_CLOSED"):
+    for const in ("GW_REDIRECTED", "GW_TRANSLATED", "GW_DNS", "GW_SVC_SOCKET_LB", "GW_FAIL_OPEN", "GW_FAIL_CLOSED"):
         assert int(defines[const]) == getattr(bpf_structs, const), const
