@@ -99,9 +99,6 @@ class Programs:
         # (they kept pods working meanwhile); drop them now that ours run.
         detach_stale(cgroup, keep=self.prog_ids())
 
-    def attached_cgroups(self) -> set:
-        return {c for c, _fd, _h in self._attached}
-
     def detach(self, cgroup: str) -> None:
         mine = [a for a in self._attached if a[0] == cgroup]
         for item in reversed(mine):

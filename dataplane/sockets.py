@@ -69,10 +69,10 @@ def original_dst(s: socket.socket):
         raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     except OSError:
         return None
-    family, port = struct.unpack_from("!HH", raw)
-    if family != socket.AF_INET and struct.unpack_from("=H", raw)[0] != socket.AF_INET:
+    family = struct.unpack_from("=H", raw)[0]  # sockaddr_in: family in host order, port in network order
+    if family != socket.AF_INET:
         return None
-    return socket.inet_ntoa(raw[4:8]), port
+    return socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
 
 
 def reset(s: socket.socket) -> None:
