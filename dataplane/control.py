@@ -182,8 +182,10 @@ class Control:
         rec = topology.get_pod(self.store.read(), name)
         if not argv:
             raise GlasswingError("pod exec needs a command after --")
-        cgroups.join(rec["cgroup"])  # first: entering the netns first would hide nothing, but
-        netns.setns(netns.open_fd(rec["netns"]))  # `ip netns exec` remounts /sys; we do not
+        # The cgroup first: it decides which hooks apply. setns touches only the
+        # network namespace (unlike `ip netns exec`, which remounts /sys).
+        cgroups.join(rec["cgroup"])
+        netns.setns(netns.open_fd(rec["netns"]))
         try:
             os.execvp(argv[0], argv)
         except FileNotFoundError:

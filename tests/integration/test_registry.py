@@ -159,3 +159,35 @@ def test_malformed_dns_from_a_pod_never_hurts_the_resolver(reg):
     assert resolve(reg, "web") == (0, [reg.vips["web"]])
     st = reg.ctl("n1").status()
     assert st["dns"]["formerr"] >= 1 and st["running"]
+
+
+FAKE_UPSTREAM = """
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 5353))
+while True:
+    q, peer = s.recvfrom(2048)
+    qid, qd_end = q[:2], 12
+    while q[qd_end]: qd_end += q[qd_end] + 1
+    question = q[12:qd_end + 5]
+    answer = b"\\xc0\\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + socket.inet_aton("198.18.77.77")
+    s.sendto(qid + b"\\x81\\x80\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x00" + question + answer, peer)
+"""
+
+
+def test_names_outside_the_mesh_go_to_the_configured_upstream(reg):
+    """MeshSettings.upstreamDns: the forwarder relays other names there (a fake
+    resolver in a pod here: nothing leaves the machine)."""
+    ip = reg.doc["pods"]["web1"]["ip"]
+    reg.spawn("web1", [sys.executable, "-c", FAKE_UPSTREAM, ip])
+    time.sleep(0.3)
+    apply(reg, f"apiVersion: glasswing.dev/v1\nkind: MeshSettings\nmetadata: {{name: mesh}}\n"
+               f"spec: {{upstreamDns: '{ip}:5353'}}\n")
+    try:
+        deadline = time.monotonic() + 3
+        while resolve(reg, "example.org") != (0, ["198.18.77.77"]):
+            assert time.monotonic() < deadline, resolve(reg, "example.org")
+            time.sleep(0.1)
+        assert resolve(reg, "web") == (0, [reg.vips["web"]])  # mesh names still answered by the mesh
+        assert reg.ctl("n1").status()["dns"]["forwarded"] >= 1
+    finally:
+        subprocess.run([GLASSWING, "delete", "meshsettings", "mesh"], env=reg.env, capture_output=True)
