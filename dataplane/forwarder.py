@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -478,6 +479,15 @@ class Forwarder:
 
 def run(store_url: str, node: str, run_root: str) -> int:
     """Foreground entry: enter the node's namespace, serve until told to stop."""
+    # Every relayed connection holds two sockets and two pipes (six fds): the
+    # default soft limit of 1024 would cap a node at ~170 connections.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            want = max(hard, min(int(f.read()), 1 << 20))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # root may raise the hard limit
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     kv = open_kv(store_url)
     store = Registry(kv, store_url)
     doc = store.read()

@@ -144,6 +144,9 @@ def test_status_reports_pods_and_connections(mesh):
     assert st["running"] and st["pods"] == ["client", "web1"] and st["relay"] in ("cython", "python")
     st2 = mesh.ctl("n2").status()
     assert st2["pods"] == ["web2"]
+    with open(f"/proc/{st['pid']}/limits") as f:  # room for many long-lived connections
+        soft, hard = next(map(int, line.split()[3:5]) for line in f if line.startswith("Max open files"))
+    assert soft == hard and soft > 1024, (soft, hard)  # raised as far as this machine allows
 
 
 def test_socket_lb_picks_endpoints_in_the_kernel(mesh):
