@@ -1,6 +1,7 @@
 /* cgroup/recvmsg4 on pod cgroups: an answer from the forwarder's resolver
  * appears to come from the DNS server the app asked, which resolvers check. */
 #include "maps.h"
+#include "sockaddr.h"
 
 int gw_recvmsg4(struct bpf_sock_addr *ctx)
 {
@@ -10,11 +11,7 @@ int gw_recvmsg4(struct bpf_sock_addr *ctx)
 	if (!sk)
 		return 1;
 	rec = gw_orig.sk_storage_get(sk, 0, 0);
-	if (!rec || !(rec->flags & GW_DNS))
-		return 1;
-	if (ctx->user_ip4 != rec->redir_ip || (__u16)ctx->user_port != rec->redir_port)
-		return 1;
-	ctx->user_ip4 = rec->ip;
-	ctx->user_port = rec->port;
+	if (rec && (rec->flags & GW_DNS))
+		gw_restore(ctx, rec);
 	return 1;
 }

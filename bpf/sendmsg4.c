@@ -3,7 +3,7 @@
  * server the app asked is remembered with the socket so recvmsg4 can make
  * the answer come back from it. (Connected sockets are handled in connect4.) */
 #include "maps.h"
-#include "dns.h"
+#include "sockaddr.h"
 
 int gw_sendmsg4(struct bpf_sock_addr *ctx)
 {
@@ -17,17 +17,10 @@ int gw_sendmsg4(struct bpf_sock_addr *ctx)
 	cfg = gw_config.lookup(&zero);
 	if (!cfg || !cfg->dns_port || sk->mark == cfg->mark)
 		return 1;
-	if (!resolver_bound(ctx, cfg))
+	if (!gw_local_socket(ctx, cfg->outbound_ip, cfg->dns_port, 1))
 		return 1; /* no forwarder: the query goes where the app sent it */
 	st = gw_orig.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st)
-		return 1;
-	st->ip = ctx->user_ip4;
-	st->port = (__u16)ctx->user_port;
-	st->flags = GW_DNS;
-	st->redir_ip = cfg->outbound_ip;
-	st->redir_port = cfg->dns_port;
-	ctx->user_ip4 = cfg->outbound_ip;
-	ctx->user_port = cfg->dns_port;
+	if (st)
+		gw_redirect(ctx, st, cfg->outbound_ip, cfg->dns_port, GW_DNS);
 	return 1;
 }

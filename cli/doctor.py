@@ -10,7 +10,7 @@ def _checks():
     from dataplane import cgroups
     yield "root", os.geteuid() == 0, "run as root"
     try:
-        import bcc  # noqa: F401
+        import bcc  # noqa: F401 - importable is the check
         yield "bcc", True, "importable"
     except ImportError:
         yield "bcc", False, "python3-bpfcc not importable (make install)"

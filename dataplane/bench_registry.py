@@ -11,7 +11,6 @@ For each backend it builds a one-node lab, then reports:
 - change latency at that scale: one endpoint changed, until its backend
   entry in the BPF map changes (median of several).
 """
-import ctypes as C
 import os
 import socket
 import statistics

@@ -25,16 +25,16 @@ from .bpf_state import MapState, ServiceIds, desired
 from .catalog import Catalog
 from .lb import RoundRobin
 from .relay import Relay
-from .settings import FORWARDER_MARK, LOCAL_NODE, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT, TUNNEL_PORT
-from .sockets import connect, listener, marked_socket, original_dst, reset
-from .streams import StreamRejected, connect_in_pod, open_tunnel, read_preamble
+from .settings import (DNS_PORT, LEASE_TTL, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT,
+                       TUNNEL_PORT)
+from .sockets import listener, marked_socket, original_dst, reset
+from .streams import StreamRejected, connect_in_pod, dial, open_tunnel, read_preamble
 from . import dns_names, registry
 from .dns_resolver import Resolver
 from .health import Checker
 from .kv import Compacted, Txn
 from .kv_open import open_kv
 from .registry import Registry
-from .settings import CONNECT_TIMEOUT, DNS_PORT, LEASE_TTL
 from .sockets import udp_socket
 
 log = logging.getLogger("glasswing.forwarder")
@@ -345,12 +345,7 @@ class Forwarder:
         trace = secrets.token_hex(16)
         try:
             if ep.node is None:  # an address outside the mesh's pods: straight from the node
-                upstream, to_app = marked_socket(), b""
-                try:
-                    await connect(upstream, (ep.ip, ep.port), CONNECT_TIMEOUT)
-                except BaseException:
-                    upstream.close()
-                    raise
+                upstream, to_app = await dial((ep.ip, ep.port)), b""
             elif ep.node == self.node:
                 upstream, to_app = await self._connect_local(ep.pod, ep.ip, ep.port), b""
             else:
@@ -445,9 +440,7 @@ class Forwarder:
 
     def _upstream_socket(self):
         """For DNS forwarded upstream: made in the node's namespace, marked."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
-        return s
+        return marked_socket(kind=socket.SOCK_DGRAM)
 
     # ------------------------------------------------------------ admin
 

@@ -48,4 +48,4 @@ def entered(fd: int, home_fd: int):
 
 def self_fd() -> int:
     """A handle on the calling thread's own namespace, to come back to."""
-    return os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

@@ -10,13 +10,14 @@ SO_ORIGINAL_DST = 80
 IP_BIND_ADDRESS_NO_PORT = 24
 
 
-def marked_socket(ns_fd: int = None, home_fd: int = None) -> socket.socket:
-    """A non-blocking TCP socket with the forwarder mark, made in namespace ns_fd."""
+def marked_socket(ns_fd: int = None, home_fd: int = None, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A non-blocking socket (TCP unless kind says otherwise) with the
+    forwarder mark, made in namespace ns_fd (the caller's own if None)."""
     if ns_fd is not None:
         with netns.entered(ns_fd, home_fd):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
         s.setblocking(False)
@@ -40,14 +41,8 @@ def listener(ip: str, port: int, ns_fd: int = None, home_fd: int = None, backlog
 
 def udp_socket(ip: str, port: int, ns_fd: int = None, home_fd: int = None) -> socket.socket:
     """A bound, marked, non-blocking UDP socket made in namespace ns_fd."""
-    if ns_fd is not None:
-        with netns.entered(ns_fd, home_fd):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    s = marked_socket(ns_fd, home_fd, socket.SOCK_DGRAM)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
-        s.setblocking(False)
         s.bind((ip, port))
     except OSError:
         s.close()

@@ -14,16 +14,22 @@ class StreamRejected(Exception):
         self.reason, self.detail = reason, detail
 
 
-async def connect_in_pod(ns_fd: int, home_fd: int, ip: str, port: int):
-    """A connection to the app made from inside its pod, from 127.0.0.6: the
-    app sees a mesh connection, and no route or forwarding is needed."""
+async def dial(addr, ns_fd: int = None, home_fd: int = None, source: str = None):
+    """A connected forwarder socket to addr, made in namespace ns_fd (the
+    node's own if None); closed again if the connect fails."""
     s = marked_socket(ns_fd, home_fd)
     try:
-        await connect(s, (ip, port), CONNECT_TIMEOUT, source=INBOUND_SOURCE)
+        await connect(s, addr, CONNECT_TIMEOUT, source=source)
     except BaseException:
         s.close()
         raise
     return s
+
+
+async def connect_in_pod(ns_fd: int, home_fd: int, ip: str, port: int):
+    """A connection to the app made from inside its pod, from 127.0.0.6: the
+    app sees a mesh connection, and no route or forwarding is needed."""
+    return await dial((ip, port), ns_fd, home_fd, source=INBOUND_SOURCE)
 
 
 async def read_preamble(sock, reader: tc.PreambleReader):
@@ -41,9 +47,8 @@ async def open_tunnel(node_ip: str, open_msg: tc.Open):
     """Connect to a peer forwarder, send StreamOpen, await its Reply.
     Returns (socket, bytes the peer already sent for the app)."""
     loop = asyncio.get_running_loop()
-    s = marked_socket()
+    s = await dial((node_ip, TUNNEL_PORT))
     try:
-        await connect(s, (node_ip, TUNNEL_PORT), CONNECT_TIMEOUT)
         await loop.sock_sendall(s, tc.encode_open(open_msg))
         reader = tc.PreambleReader("reply")
         event = await asyncio.wait_for(read_preamble(s, reader), PREAMBLE_TIMEOUT)

@@ -24,7 +24,7 @@ def need_root_and_bpf():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     try:
-        import bcc  # noqa: F401
+        import bcc  # noqa: F401 - importable is the check
     except ImportError:
         pytest.skip("needs bcc (python3-bpfcc)")
     if not os.path.ismount("/sys/fs/bpf"):

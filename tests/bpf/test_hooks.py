@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from dataplane import bpf_maps, cgroups, netns
+from dataplane import bpf_maps, cgroups
 from dataplane.bpf_programs import HOOKS, Programs, attached, detach_stale
 from dataplane.bpf_state import MapState, ServiceIds, desired
 from dataplane.bpf_structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue

@@ -33,6 +33,21 @@ def wait_listening(lab, pod, ip, port, timeout=10.0):
     raise AssertionError(f"{ip}:{port} in {pod} never listened")
 
 
+def start_peers(lab, pods, probe_from, iperf=False):
+    """In each pod: peers.py serve (HTTP 8080, TCP 7000) and, with iperf,
+    iperf3 -s on 5201; returns once all of them accept connections."""
+    doc = lab.doc
+    for name in pods:
+        ip = doc["pods"][name]["ip"]
+        lab.spawn(name, [sys.executable, PEERS, "serve", name])
+        ports = [8080, 7000]
+        if iperf:
+            lab.spawn(name, ["iperf3", "-s", "-B", ip, "-p", "5201"])
+            ports.append(5201)
+        for port in ports:
+            wait_listening(lab, probe_from, ip, port)
+
+
 def client(lab, ip, port, size=0, pod="client"):
     r = lab.run(pod, [sys.executable, PEERS, "client", ip, str(port), str(size)], timeout=60)
     assert r.returncode == 0, r.stderr
@@ -65,13 +80,8 @@ def mesh(kernel_before):
         lab.service("socklb", ports=["7000"], endpoints=["web1", "web2"], socket_lb=True)
         lab.up("n1")
         lab.up("n2")
+        start_peers(lab, ("web1", "web2"), "client", iperf=True)
         doc = lab.doc
-        for name in ("web1", "web2"):
-            ip = doc["pods"][name]["ip"]
-            lab.spawn(name, [sys.executable, PEERS, "serve", name])
-            lab.spawn(name, ["iperf3", "-s", "-B", ip, "-p", "5201"])
-            for port in (8080, 7000, 5201):
-                wait_listening(lab, "client", ip, port)
         lab.vips = {s["name"]: s["vip"] for s in doc["services"].values()}
         lab.ips = {n: p["ip"] for n, p in doc["pods"].items()}
         yield lab

@@ -12,7 +12,7 @@ from dataplane import cgroups
 from dataplane.lab import Lab
 from tests import leaks
 
-from .conftest import PEERS, wait_listening
+from .conftest import PEERS, start_peers
 
 GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 
@@ -46,8 +46,7 @@ def test_attached_namespace_and_cgroup_join_the_mesh(foreign):
     lab.pod("web", "n1")
     svc = lab.service("echo", ports=["7000"], endpoints=["web"])
     lab.up("n1")
-    lab.spawn("web", [sys.executable, PEERS, "serve", "web"])
-    wait_listening(lab, "ext", lab.doc["pods"]["web"]["ip"], 7000)
+    start_peers(lab, ("web",), "ext")
     # the real command, as a user types it
     r = subprocess.run([GLASSWING, "pod", "exec", "ext", "--", sys.executable, PEERS, "client",
                         svc["vip"], "7000", "1000"], env=lab.env, capture_output=True, text=True, timeout=30)

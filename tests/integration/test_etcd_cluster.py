@@ -18,7 +18,7 @@ from dataplane.etcd_server import EtcdServer, etcd_binary
 from dataplane.lab import Lab
 from tests import leaks
 
-from .conftest import PEERS, client, wait_listening
+from .conftest import client, start_peers
 
 GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 
@@ -38,9 +38,7 @@ def cluster(kernel_before):
             lab.service("web", ports=["7000"], selector={"app": "web"})
             for i in (1, 2, 3):
                 lab.up(f"n{i}")
-            for i in (1, 2, 3):
-                lab.spawn(f"w{i}", [sys.executable, PEERS, "serve", f"w{i}"])
-                wait_listening(lab, "c1", lab.doc["pods"][f"w{i}"]["ip"], 7000)
+            start_peers(lab, ("w1", "w2", "w3"), "c1")
             lab.etcd = etcd
             yield lab
         finally:

@@ -11,7 +11,7 @@ import pytest
 from dataplane.lab import Lab
 from tests import leaks
 
-from .conftest import PEERS, client, wait_listening
+from .conftest import client, start_peers
 
 
 @pytest.fixture
@@ -27,9 +27,7 @@ def lab(kernel_before):
         lab.service("echo", ports=["7000"], endpoints=["web1", "web2"])
         lab.up("n1")
         lab.up("n2")
-        for name in ("web1", "web2"):
-            lab.spawn(name, [sys.executable, PEERS, "serve", name])
-            wait_listening(lab, "app", lab.doc["pods"][name]["ip"], 7000)
+        start_peers(lab, ("web1", "web2"), "app")
         lab.vip = lab.doc["services"]["default/echo"]["vip"]
         yield lab
     finally:

@@ -15,7 +15,7 @@ from dataplane.lab import Lab
 from dataplane.settings import LEASE_TTL
 from tests import leaks
 
-from .conftest import PEERS, client, wait_listening
+from .conftest import PEERS, client, start_peers
 
 GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 
@@ -35,12 +35,7 @@ def reg(kernel_before):
         lab.service("iperf", ports=["5201"], endpoints=["web2"])
         lab.up("n1")
         lab.up("n2")
-        for name in ("web1", "web2"):
-            ip = lab.doc["pods"][name]["ip"]
-            lab.spawn(name, [sys.executable, PEERS, "serve", name])
-            lab.spawn(name, ["iperf3", "-s", "-B", ip, "-p", "5201"])
-            for port in (7000, 5201):
-                wait_listening(lab, "client", ip, port)
+        start_peers(lab, ("web1", "web2"), "client", iperf=True)
         lab.vips = {s["name"]: s["vip"] for s in lab.doc["services"].values()}
         yield lab
     finally:
