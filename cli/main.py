@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start this node's forwarder (--store etcd://HOST:PORT for many nodes)")
     up.add_argument("--foreground", action="store_true", help="run in the foreground (no daemon)")
+    up.add_argument("--relay", default=os.environ.get("GLASSWING_RELAY", "splice"),
+                    help="how relayed bytes move: splice (Cython, zero copy; default) or copy "
+                         "(plain recv/send, the reference); also GLASSWING_RELAY")
     sub.add_parser("down", help="stop the forwarder and remove everything it made")
     sub.add_parser("status", help="forwarder state")
     sub.add_parser("doctor", help="check that this machine can run the mesh")
@@ -125,10 +128,10 @@ def run(args):
             from dataplane.bpf_programs import check_bpf_available
             from dataplane.forwarder import run as run_forwarder
             check_bpf_available()
-            return run_forwarder(ctl.store_url, args.node, ctl.run_root)
-        st = ctl.up()
+            return run_forwarder(ctl.store_url, args.node, ctl.run_root, relay=args.relay)
+        st = ctl.up(relay=args.relay)
         emit(st, args.json, lambda s: print(f"forwarder for node {s['node']} running, pid {s['pid']}, "
-                                            f"{len(s['pods'])} pods, relay {s['relay']}"))
+                                            f"{len(s['pods'])} pods, relay {s['relay']} ({s['pump']} pump)"))
     elif cmd == "down":
         done = ctl.down()
         emit(done, args.json, lambda d: print("\n".join(d) if d else "nothing was running"))
@@ -169,7 +172,7 @@ def _print_status(s):
         return
     print(f"forwarder for node {s['node']}: running, pid {s['pid']}, store revision {s['revision']}")
     print(f"  pods: {', '.join(s['pods']) or '-'}; services: {s['services']}; "
-          f"connections: {s['connections']}; relay: {s['relay']}")
+          f"connections: {s['connections']}; relay: {s['relay']} ({s.get('pump')} pump), pipes lent: {s.get('pipes', {}).get('lent')}")
     for k, v in (s.get("errors") or {}).items():
         print(f"  error: {k}: {v}")
 

@@ -73,7 +73,10 @@ class Control:
                     out[node] = {"ok": False, "error": str(e)}
         return out
 
-    def up(self, timeout: float = 90.0) -> dict:
+    def up(self, timeout: float = 90.0, relay: str = "splice") -> dict:
+        from .movers import MODES
+        if relay not in MODES:
+            raise GlasswingError(f"relay mode {relay!r} is not one of {', '.join(MODES)}")
         self.require_root()
         check_bpf_available()
         with self.store.transaction() as doc:
@@ -87,7 +90,8 @@ class Control:
         os.makedirs(paths["run"], exist_ok=True)
         env = dict(os.environ, GLASSWING_STORE=self.store_url, GLASSWING_RUN_DIR=self.run_root)
         with open(paths["log"], "ab") as logf:
-            proc = subprocess.Popen([sys.executable, "-m", "glasswing", "--node", self.node, "up", "--foreground"],
+            proc = subprocess.Popen([sys.executable, "-m", "glasswing", "--node", self.node, "up", "--foreground",
+                                     "--relay", relay],
                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
                                     start_new_session=True)
         deadline = time.monotonic() + timeout

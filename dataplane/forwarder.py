@@ -24,6 +24,7 @@ from .bpf_programs import Programs, detach_stale
 from .bpf_state import MapState, ServiceIds, desired
 from .catalog import Catalog
 from .lb import RoundRobin
+from .movers import MODES as RELAY_MODES
 from .relay import Relay
 from .settings import (DNS_PORT, LEASE_TTL, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT,
                        TUNNEL_PORT)
@@ -75,8 +76,10 @@ class PodState:
 
 
 class Forwarder:
-    def __init__(self, store: Registry, node: str, run_root: str, home_fd: int):
+    def __init__(self, store: Registry, node: str, run_root: str, home_fd: int,
+                 relay: str = "splice"):
         self.store, self.node, self.home_fd = store, node, home_fd
+        self.relay_mode = check_relay_mode(relay)
         self.doc = store.read()
         self.lease = 0
         self.store_lost = None  # monotonic time the store went away
@@ -322,7 +325,7 @@ class Forwarder:
 
     def _relay(self, a, b, to_b=b"", to_a=b"", **info):
         r = Relay(asyncio.get_running_loop(), a, b, to_b=to_b, to_a=to_a,
-                  on_close=self.relays.discard, info=info)
+                  on_close=self.relays.discard, info=info, mode=self.relay_mode)
         self.relays.add(r)
         r.start()
 
@@ -454,6 +457,12 @@ class Forwarder:
         if cmd == "shutdown":
             self.stopping.set()
             return {"ok": True}
+        if cmd == "relay":  # new connections only; the bench switches paths this way
+            try:
+                self.relay_mode = check_relay_mode(req.get("mode"))
+            except ValueError as e:
+                return {"ok": False, "error": str(e)}
+            return self.status()
         return {"ok": False, "error": f"unknown admin command {cmd!r}"}
 
     def published_keys(self) -> list:
@@ -462,15 +471,23 @@ class Forwarder:
 
     def status(self) -> dict:
         from .pump import IMPL
+        from .pipes import POOL
         return {"ok": True, "node": self.node, "pid": os.getpid(), "revision": self.doc["revision"],
                 "store": "unavailable" if self.store_lost is not None else "ok",
                 "endpoints_published": len(self.published_keys()), "dns": self.resolver.counters,
                 "pods": sorted(self.pods), "services": len(self.doc["services"]),
-                "connections": len(self.relays), "relay": IMPL, "stats": self.stats,
+                "connections": len(self.relays), "relay": self.relay_mode, "pump": IMPL,
+                "pipes": {"lent": POOL.lent, "idle": len(POOL.idle)}, "stats": self.stats,
                 "map_updates": self.maps.updates if self.maps else 0, "errors": self.errors}
 
 
-def run(store_url: str, node: str, run_root: str) -> int:
+def check_relay_mode(mode) -> str:
+    if mode not in RELAY_MODES:
+        raise ValueError(f"relay mode must be one of {', '.join(RELAY_MODES)}, not {mode!r}")
+    return mode
+
+
+def run(store_url: str, node: str, run_root: str, relay: str = "splice") -> int:
     """Foreground entry: enter the node's namespace, serve until told to stop."""
     # Every relayed connection holds two sockets and two pipes (six fds): the
     # default soft limit of 1024 would cap a node at ~170 connections.
@@ -492,7 +509,7 @@ def run(store_url: str, node: str, run_root: str) -> int:
     home_fd = netns.self_fd()
 
     async def main():
-        fwd = Forwarder(store, node, run_root, home_fd)
+        fwd = Forwarder(store, node, run_root, home_fd, relay=relay)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, fwd.stopping.set)

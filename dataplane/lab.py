@@ -73,6 +73,11 @@ class Lab:
         self.nodes_up.append(node)
         return st
 
+    def admin(self, node, cmd, **args) -> dict:
+        """One request to a running forwarder's admin socket (status, relay, sync)."""
+        from . import admin
+        return admin.request(self.ctl(node).paths()["admin"], cmd, **args)
+
     def down(self, node):
         self.ctl(node).down()
         if node in self.nodes_up:

@@ -1,50 +1,42 @@
 """Carries one connection's bytes both ways between two sockets.
 
-Control is asyncio (readiness callbacks); bytes move in the pump (Cython
-splice loop, or its Python twin), never in a Python loop per chunk. The state
-of a relay is explicit (pending bytes per direction, half-close, counters) so
-a later upgrade can hand it, with its sockets, to another process.
+Control is asyncio (readiness callbacks); bytes move in a mover (dataplane/movers.py: the
+Cython splice pump by default, the plain copy twin when asked), never in a Python loop per
+chunk on the default path. The state of a relay is explicit (pending bytes per direction,
+half-close, counters) so a later upgrade can hand it, with its sockets, to another process.
 """
-import os
 import socket
 
-from . import pump as _pump
+from . import movers
 from .sockets import reset
 
 BUDGET = 4 << 20  # bytes per readiness callback, so one busy stream cannot starve the loop
 
 
 class Direction:
-    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "pending", "bytes", "done",
-                 "reading", "writing")
+    __slots__ = ("src", "dst", "mover", "bytes", "done", "reading", "writing")
 
-    def __init__(self, src: socket.socket, dst: socket.socket, initial: bytes):
-        self.src, self.dst = src, dst
-        self.pipe_r, self.pipe_w = _pump.make_pipe()
-        self.pending = 0
+    def __init__(self, src: socket.socket, dst: socket.socket, mover):
+        self.src, self.dst, self.mover = src, dst, mover
         self.bytes = 0
         self.done = False
         self.reading = self.writing = False
-        if initial:  # bytes read ahead of the relay (after a preamble) go first
-            view = memoryview(initial)
-            while view:  # at most one preamble read (4 KiB): far below the pipe's size
-                n = os.write(self.pipe_w, view)
-                self.pending += n
-                view = view[n:]
 
 
 class Relay:
     """Relays a<->b until both sides are done or one fails (then both are reset)."""
 
     def __init__(self, loop, a: socket.socket, b: socket.socket, to_b: bytes = b"",
-                 to_a: bytes = b"", on_close=None, info: dict = None):
+                 to_a: bytes = b"", on_close=None, info: dict = None, mode: str = "splice"):
         self.loop = loop
         self.a, self.b = a, b
         self.info = info or {}
         self.on_close = on_close
         self.closed = False
         self.error = None
-        self.dirs = (Direction(a, b, to_b), Direction(b, a, to_a))
+        self.mode = mode
+        self.dirs = (Direction(a, b, movers.make(mode, to_b)),
+                     Direction(b, a, movers.make(mode, to_a)))
 
     def start(self) -> None:
         for d in self.dirs:
@@ -58,18 +50,17 @@ class Relay:
         if self.closed or d.done:
             return
         try:
-            moved, d.pending, status = _pump.pump(d.src.fileno(), d.dst.fileno(), d.pipe_r,
-                                                  d.pipe_w, d.pending, BUDGET)
+            moved, status = d.mover.step(d.src.fileno(), d.dst.fileno(), BUDGET)
         except OSError as e:
             self.abort(e)
             return
         d.bytes += moved
-        if status & _pump.DST_BLOCKED:
+        if status & movers.DST_BLOCKED:
             self._read(d, False)
             self._write(d, True)
             return
         self._write(d, False)
-        if status & _pump.SRC_EOF and d.pending == 0:
+        if status & movers.SRC_EOF and d.mover.pending == 0:
             self._read(d, False)
             d.done = True
             try:
@@ -100,7 +91,7 @@ class Relay:
         for d in self.dirs:
             self._read(d, False)
             self._write(d, False)
-            _pump.close_pipe(d.pipe_r, d.pipe_w)
+            d.mover.discard()
 
     def close(self) -> None:
         if self.closed:

@@ -1,0 +1,121 @@
+"""How one relay direction moves bytes: the splice pump, or the plain copy reference twin.
+
+Both movers have the same interface and the status bits of dataplane/pump_py.py:
+
+    step(src_fd, dst_fd, budget) -> (moved, status)   status: 0, SRC_EOF, DST_BLOCKED or
+                                                      SRC_DRAINED; errors raise OSError
+    pending                                           bytes read from src, not yet written
+    release(), discard()                              give buffers back (drained / on abort)
+
+- "splice": src -> pipe -> dst with splice(2) in the Cython pump (or its Python twin); the
+  bytes never enter userspace. The pipe comes from dataplane.pipes.POOL only while bytes are
+  in flight.
+- "copy": recv_into a buffer shared by every connection of the loop, then send; the rest of
+  a partial send is kept per direction. The reference the fast paths are measured against
+  (the relay an asyncio program would write), and proof that the relay logic does not depend
+  on splice.
+Idle connections hold no pipe and no buffer in either mover.
+"""
+import os
+
+from . import pump as _pump
+from .pipes import POOL
+
+SRC_EOF, DST_BLOCKED, SRC_DRAINED = _pump.SRC_EOF, _pump.DST_BLOCKED, _pump.SRC_DRAINED
+MODES = ("splice", "copy")
+COPY_CHUNK = 256 * 1024
+
+
+class SpliceMover:
+    __slots__ = ("pipe", "pending", "pool")
+
+    def __init__(self, initial: bytes = b"", pool=None):
+        self.pool = pool or POOL
+        self.pipe = None
+        self.pending = 0
+        if initial:  # bytes read ahead of the relay (after a preamble) go first
+            self.pipe = self.pool.get()
+            view = memoryview(initial)
+            while view:  # at most one preamble read (a few KiB): far below a pipe's size
+                n = os.write(self.pipe[1], view)
+                self.pending += n
+                view = view[n:]
+
+    def step(self, src_fd: int, dst_fd: int, budget: int):
+        if self.pipe is None:
+            self.pipe = self.pool.get()
+        moved, self.pending, status = _pump.pump(src_fd, dst_fd, self.pipe[0], self.pipe[1],
+                                                 self.pending, budget)
+        if self.pending == 0:
+            self.release()
+        return moved, status
+
+    def release(self) -> None:
+        if self.pipe is not None and self.pending == 0:
+            self.pool.put(self.pipe)
+            self.pipe = None
+
+    def discard(self) -> None:
+        if self.pipe is not None:
+            self.pool.put(self.pipe, empty=self.pending == 0)
+            self.pipe = None
+            self.pending = 0
+
+
+_shared = bytearray(COPY_CHUNK)  # one event loop thread: one read buffer for all copies
+
+
+class CopyMover:
+    __slots__ = ("rest",)
+
+    def __init__(self, initial: bytes = b""):
+        self.rest = bytes(initial)  # read from src, not yet written to dst
+
+    @property
+    def pending(self) -> int:
+        return len(self.rest)
+
+    def step(self, src_fd: int, dst_fd: int, budget: int):
+        moved = taken = 0
+        buf = memoryview(_shared)
+        while True:
+            if self.rest:
+                try:
+                    n = os.write(dst_fd, self.rest)
+                except BlockingIOError:
+                    return moved, DST_BLOCKED
+                moved += n
+                self.rest = self.rest[n:]
+                if self.rest:
+                    return moved, DST_BLOCKED
+            if taken >= budget:
+                return moved, 0
+            try:
+                n = os.readv(src_fd, [buf[:min(COPY_CHUNK, budget - taken)]])
+            except BlockingIOError:
+                return moved, SRC_DRAINED
+            if n == 0:
+                return moved, SRC_EOF
+            taken += n
+            try:
+                w = os.write(dst_fd, buf[:n])
+            except BlockingIOError:
+                w = 0
+            moved += w
+            if w < n:
+                self.rest = bytes(buf[w:n])
+                return moved, DST_BLOCKED
+
+    def release(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        self.rest = b""
+
+
+def make(mode: str, initial: bytes = b""):
+    if mode == "splice":
+        return SpliceMover(initial)
+    if mode == "copy":
+        return CopyMover(initial)
+    raise ValueError(f"relay mode must be one of {', '.join(MODES)}, not {mode!r}")

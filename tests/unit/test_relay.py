@@ -1,0 +1,215 @@
+"""dataplane.relay.Relay over every mover: bytes arrive exactly, half-close works both ways,
+back-pressure holds, and idle connections hold no pipe.
+
+Topology: A <-> B and C <-> D are TCP loopback connections; the relay joins B and C inside an
+asyncio loop. The test writes into A and D from threads and reads what comes out of the
+other end. Movers: splice over each pump twin (Cython and Python) and the plain copy twin.
+"""
+import asyncio
+import hashlib
+import random
+import socket
+import threading
+
+import pytest
+
+from dataplane import movers, pipes, pump as chooser
+from dataplane.relay import Relay
+
+from .test_pump import _twin, tcp_pair
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture(params=["splice-cython", "splice-python", "copy"])
+def mode(request, monkeypatch):
+    name = request.param
+    if name.startswith("splice-"):
+        twin = _twin(name.split("-", 1)[1])
+        monkeypatch.setattr(movers._pump, "pump", twin.pump)
+        return "splice"
+    return "copy"
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    p = pipes.PipePool()
+    monkeypatch.setattr(movers, "POOL", p)
+    yield p
+    p.close()
+
+
+def payload(seed, size):
+    return random.Random(seed).randbytes(size)
+
+
+def writer(sock, chunks, shut=True):
+    for c in chunks:
+        sock.sendall(c)
+    if shut:
+        sock.shutdown(socket.SHUT_WR)
+
+
+def read_all(sock) -> bytes:
+    out = bytearray()
+    while True:
+        b = sock.recv(1 << 16)
+        if not b:
+            return bytes(out)
+        out += b
+
+
+def relay_pair(mode, **kw):
+    a, b = tcp_pair()
+    c, d = tcp_pair()
+    for s in (b, c):
+        s.setblocking(False)
+    for s in (a, d):
+        s.settimeout(TIMEOUT)
+    return a, b, c, d
+
+
+async def run_relay(mode, b, c, **kw):
+    done = asyncio.get_running_loop().create_future()
+    r = Relay(asyncio.get_running_loop(), b, c, mode=mode,
+              on_close=lambda r: done.done() or done.set_result(r), **kw)
+    r.start()
+    return r, done
+
+
+def chunks_of(data, seed):
+    rng = random.Random(seed)
+    out, i = [], 0
+    while i < len(data):
+        n = rng.choice([1, 7, 100, 1460, 4096, 65536, 300_000])
+        out.append(data[i:i + n])
+        i += n
+    return out
+
+
+@pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
+                                             (123_457, 2_500_001)])
+def test_bytes_arrive_exactly_both_ways_with_half_close(mode, pool, size_ab, size_dc):
+    a, b, c, d = relay_pair(mode)
+    ab, dc = payload(1, size_ab), payload(2, size_dc)
+    got = {}
+
+    def side(name, src, dst, data, seed):
+        t = threading.Thread(target=writer, args=(src, chunks_of(data, seed)))
+        t.start()
+        got[name] = read_all(dst)
+        t.join()
+
+    async def main():
+        r, done = await run_relay(mode, b, c)
+        threads = [threading.Thread(target=side, args=("ab", a, d, ab, 3)),
+                   threading.Thread(target=side, args=("dc", d, a, dc, 4))]
+        for t in threads:
+            t.start()
+        await asyncio.wait_for(done, TIMEOUT)
+        for t in threads:
+            await asyncio.to_thread(t.join, TIMEOUT)
+        return r
+
+    try:
+        r = asyncio.run(main())
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+    assert hashlib.sha256(got["ab"]).digest() == hashlib.sha256(ab).digest() and len(got["ab"]) == size_ab
+    assert got["dc"] == dc
+    assert r.bytes == (size_ab, size_dc) and r.error is None
+    assert pool.lent == 0
+
+
+def test_one_side_closed_first_the_other_keeps_sending(mode, pool):
+    """A half-closes at once; D then streams 1 MB back, which must all reach A."""
+    a, b, c, d = relay_pair(mode)
+    back = payload(5, 1_000_000)
+
+    async def main():
+        r, done = await run_relay(mode, b, c, to_b=b"preamble-leftover")
+        a.shutdown(socket.SHUT_WR)
+        first = await asyncio.to_thread(read_all, d)
+        await asyncio.to_thread(writer, d, chunks_of(back, 6))
+        got = await asyncio.to_thread(read_all, a)
+        await asyncio.wait_for(done, TIMEOUT)
+        return first, got
+
+    try:
+        first, got = asyncio.run(main())
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+    assert first == b"preamble-leftover"
+    assert got == back
+
+
+def test_idle_connections_hold_no_pipe_and_a_stalled_reader_bounds_the_relay(mode, pool):
+    """While D does not read, the relay stops reading A (it holds at most one pipe or one
+    copy buffer per direction), so A's writes block; after D drains, nothing is lent."""
+    a, b, c, d = relay_pair(mode)
+    a.setblocking(False)
+
+    async def main():
+        r, done = await run_relay(mode, b, c)
+        await asyncio.sleep(0.05)
+        idle_lent = pool.lent
+        sent = 0
+        chunk = b"x" * 65536
+        for _ in range(2000):  # far beyond every buffer on the way: must block
+            try:
+                sent += a.send(chunk)
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+                try:
+                    sent += a.send(chunk)
+                except BlockingIOError:
+                    break
+            await asyncio.sleep(0)
+        stalled_pending = r.dirs[0].mover.pending
+        a.setblocking(True)
+        a.shutdown(socket.SHUT_WR)
+        got = await asyncio.to_thread(read_all, d)
+        d.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(done, TIMEOUT)
+        return idle_lent, sent, stalled_pending, len(got)
+
+    try:
+        idle_lent, sent, stalled_pending, received = asyncio.run(main())
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+    assert idle_lent == 0
+    assert sent < 2000 * 65536  # the writer blocked: back-pressure reached it
+    assert stalled_pending <= max(chooser.PIPE_SIZE, movers.COPY_CHUNK)
+    assert received == sent
+    assert pool.lent == 0
+
+
+def test_reset_on_one_side_resets_the_other(mode, pool):
+    a, b, c, d = relay_pair(mode)
+
+    async def main():
+        r, done = await run_relay(mode, b, c)
+        a.sendall(b"hello")
+        assert await asyncio.to_thread(d.recv, 5) == b"hello"
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        a.close()  # RST
+        await asyncio.wait_for(done, TIMEOUT)
+        return r
+
+    try:
+        r = asyncio.run(main())
+        with pytest.raises(ConnectionResetError):
+            d.recv(10)
+    finally:
+        for s in (b, c, d):
+            s.close()
+    assert isinstance(r.error, ConnectionResetError)
+    assert pool.lent == 0
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="relay mode"):
+        movers.make("sockmap-typo")
