@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     bd = bench.add_parser("datapath", help="iperf3 and sockperf: direct, mesh and HAProxy, same node and two nodes")
     bd.add_argument("--quick", action="store_true", help="fewer and shorter runs")
     bd.add_argument("--out", default="bench-results", help="directory for bench.json and bench.svg")
+    bc = bench.add_parser("connections", help="the IM case: many long-lived connections and new connections/s")
+    bc.add_argument("--connections", type=int, default=10000, help="long-lived connections to hold")
+    bc.add_argument("--hold", type=float, default=30.0, help="seconds to hold them")
+    bc.add_argument("--period", type=float, default=5.0, help="seconds between messages per connection")
+    bc.add_argument("--quick", action="store_true", help="fewer and smaller rate runs")
+    bc.add_argument("--out", default="bench-results", help="directory for connections.json")
     br = bench.add_parser("registry", help="config-to-kernel latency and a big registry, per store backend")
     br.add_argument("--backend", choices=("file", "etcd", "both"), default="both")
     br.add_argument("--services", type=int, default=10000)
@@ -149,6 +155,13 @@ def run(args):
         ctl.require_root()
         from dataplane import bench
         bench.run(args.quick, args.out)
+    elif cmd == "bench" and sub == "connections":
+        ctl.require_root()
+        for name in ("connections", "hold", "period"):
+            if getattr(args, name) <= 0:
+                raise GlasswingError(f"--{name} must be positive, not {getattr(args, name)}")
+        from dataplane import bench_connections
+        bench_connections.run(args.quick, args.connections, args.hold, args.period, args.out)
     elif cmd == "bench":
         ctl.require_root()
         from dataplane import bench_registry

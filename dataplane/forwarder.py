@@ -323,7 +323,8 @@ class Forwarder:
             self.stats["accepted"] += 1
             self._spawn(handler(conn))
 
-    def _relay(self, a, b, to_b=b"", to_a=b"", **info):
+    def _relay(self, a, b, info, to_b=b"", to_a=b""):
+        """info: (service, endpoint, trace, source)."""
         r = Relay(asyncio.get_running_loop(), a, b, to_b=to_b, to_a=to_a,
                   on_close=self.relays.discard, info=info, mode=self.relay_mode)
         self.relays.add(r)
@@ -361,8 +362,7 @@ class Forwarder:
                 upstream, to_app = await open_tunnel(peer["ip"], msg)
         except (OSError, asyncio.TimeoutError, StreamRejected, tc.PreambleError, KeyError) as e:
             return self._reset(conn, f"service {name} via {ep.pod}:{ep.port}: {e or type(e).__name__}")
-        self._relay(conn, upstream, to_a=to_app, service=name, endpoint=f"{ep.pod}:{ep.port}",
-                    trace=trace, source=pod.name)
+        self._relay(conn, upstream, (name, ep, trace, pod.name), to_a=to_app)
 
     async def _connect_local(self, pod_name, ip, port):
         pod = self.pods.get(pod_name)
@@ -401,8 +401,7 @@ class Forwarder:
             upstream.close()
             sock.close()
             return
-        self._relay(sock, upstream, to_b=reader.leftover, service=ev.service, trace=ev.trace_id,
-                    source=f"{ev.source_node}/{ev.source_pod}")
+        self._relay(sock, upstream, (ev.service, local[0], ev.trace_id, ev.source_pod), to_b=reader.leftover)
 
     async def _reject(self, sock, reason, detail, trace):
         self.stats["rejected"] += 1

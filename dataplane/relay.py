@@ -24,13 +24,18 @@ class Direction:
 
 
 class Relay:
-    """Relays a<->b until both sides are done or one fails (then both are reset)."""
+    """Relays a<->b until both sides are done or one fails (then both are reset).
+
+    Slotted, with `info` a tuple (service, endpoint, trace, source): a forwarder holds one per
+    open connection, and the IM case is tens of thousands of them.
+    """
+    __slots__ = ("loop", "a", "b", "info", "on_close", "closed", "error", "mode", "dirs")
 
     def __init__(self, loop, a: socket.socket, b: socket.socket, to_b: bytes = b"",
-                 to_a: bytes = b"", on_close=None, info: dict = None, mode: str = "splice"):
+                 to_a: bytes = b"", on_close=None, info: tuple = (), mode: str = "splice"):
         self.loop = loop
         self.a, self.b = a, b
-        self.info = info or {}
+        self.info = info
         self.on_close = on_close
         self.closed = False
         self.error = None

@@ -14,7 +14,7 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian 12"
 
 kver=$(uname -r)
-pkgs=(python3-bpfcc bpfcc-tools bpftool iproute2 iperf3 curl socat python3-venv python3-dev gcc make procps etcd-server dnsutils haproxy sockperf)
+pkgs=(python3-bpfcc bpfcc-tools bpftool iproute2 iperf3 curl socat python3-venv python3-dev gcc make procps etcd-server dnsutils haproxy sockperf wrk nginx)
 # Headers for the running kernel when Debian has them (the VM's 6.1); otherwise Debian's
 # generic headers, linked under /lib/modules below (bcc only needs a consistent tree).
 if [ ! -e "/lib/modules/$kver/build/include" ]; then
@@ -27,6 +27,12 @@ for p in "${pkgs[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
+  # The mesh runs its own etcd, HAProxy and nginx where it needs them: keep the packages'
+  # system services from starting (and listening on the host) while they install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -46,16 +52,20 @@ if ! grep -q ' /sys/fs/bpf bpf ' /proc/self/mounts; then
 fi
 grep -q ' cgroup2 ' /proc/self/mounts || die "no cgroup v2 mount in /proc/self/mounts"
 
+# An offline wheelhouse (baked into the test VM's box by scripts/vm-box.sh): no index then.
+wheels=${GLASSWING_WHEELHOUSE:-/var/lib/glasswing/wheelhouse}
+pipsrc=()
+[ -d "$wheels" ] && pipsrc=(--no-index --find-links "$wheels") && say "Python packages from $wheels (offline)"
 if [ ! -x "$venv/bin/python" ]; then
   say "creating venv $venv"
   /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -U pip
+  "$venv/bin/pip" install -q --disable-pip-version-check "${pipsrc[@]}" -U pip
 fi
 stamp="$venv/.requirements.sha"
 want=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing Python packages into $venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
+  "$venv/bin/pip" install -q --disable-pip-version-check "${pipsrc[@]}" -r "$here/requirements.txt"
   echo "$want" > "$stamp"
 fi
 # Debian's bcc is pure ctypes over libbcc: make it importable from the venv.
