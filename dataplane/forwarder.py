@@ -25,6 +25,7 @@ from .bpf_state import MapState, ServiceIds, desired
 from .catalog import Catalog
 from .lb import RoundRobin
 from .movers import MODES as RELAY_MODES
+from .poller import Poller
 from .relay import Relay
 from .settings import (DNS_PORT, LEASE_TTL, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT,
                        TUNNEL_PORT)
@@ -38,6 +39,8 @@ from .kv_open import open_kv
 from .registry import Registry
 from .sockets import udp_socket
 
+ACCEPT_BATCH = 64       # connections taken per readiness, then other callbacks get a turn
+ACCEPT_BACKOFF = 0.1    # seconds without accepting after EMFILE and the like
 log = logging.getLogger("glasswing.forwarder")
 
 
@@ -94,6 +97,7 @@ class Forwarder:
         self.pods = {}
         self.relays = set()
         self.tasks = set()
+        self.poller = None  # one epoll for every relayed socket, made with the first relay
         self.rr = RoundRobin()
         self.resolver = Resolver(self._dns_lookup, socket_factory=self._upstream_socket)
         self.stopping = asyncio.Event()
@@ -142,6 +146,8 @@ class Forwarder:
             self.tunnel.close()
         for r in list(self.relays):
             r.abort()
+        if self.poller:
+            self.poller.close()
         for checker, _check in self.checkers.values():
             checker.stop()
         for name in list(self.pods):
@@ -316,16 +322,42 @@ class Forwarder:
     # ------------------------------------------------------------ streams
 
     async def _accept_loop(self, lsock, handler):
+        """Accept on lsock until cancelled: a readiness callback takes every pending
+        connection at once (no future and reader round trip per accept)."""
         loop = asyncio.get_running_loop()
-        while True:
-            conn, _peer = await loop.sock_accept(lsock)
+        fd = lsock.fileno()
+        loop.add_reader(fd, self._accept_ready, loop, lsock, handler)
+        try:
+            await loop.create_future()
+        finally:
+            loop.remove_reader(fd)
+
+    def _accept_ready(self, loop, lsock, handler):
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _peer = lsock.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:  # EMFILE, ENFILE, ENOBUFS: back off instead of spinning
+                self.errors["accept"] = f"{e.strerror} (backing off {ACCEPT_BACKOFF}s)"
+                log.warning("accept on %s: %s", lsock.getsockname(), e)
+                loop.remove_reader(lsock.fileno())
+                loop.call_later(ACCEPT_BACKOFF, self._accept_resume, loop, lsock, handler)
+                return
             conn.setblocking(False)
             self.stats["accepted"] += 1
             self._spawn(handler(conn))
 
+    def _accept_resume(self, loop, lsock, handler):
+        if lsock.fileno() >= 0:  # not closed meanwhile
+            loop.add_reader(lsock.fileno(), self._accept_ready, loop, lsock, handler)
+
+
     def _relay(self, a, b, info, to_b=b"", to_a=b""):
         """info: (service, endpoint, trace, source)."""
-        r = Relay(asyncio.get_running_loop(), a, b, to_b=to_b, to_a=to_a,
+        if self.poller is None:
+            self.poller = Poller(asyncio.get_running_loop())
+        r = Relay(self.poller, a, b, to_b=to_b, to_a=to_a,
                   on_close=self.relays.discard, info=info, mode=self.relay_mode)
         self.relays.add(r)
         r.start()

@@ -1,13 +1,14 @@
 """Carries one connection's bytes both ways between two sockets.
 
-Control is asyncio (readiness callbacks); bytes move in a mover (dataplane/movers.py: the
-Cython splice pump by default, the plain copy twin when asked), never in a Python loop per
-chunk on the default path. The state of a relay is explicit (pending bytes per direction,
+Control is asyncio (readiness from one epoll for all relays, dataplane/poller.py); bytes
+move in a mover (dataplane/movers.py: the Cython splice pump by default, the plain copy twin
+when asked), never in a Python loop per chunk on the default path. The state of a relay is explicit (pending bytes per direction,
 half-close, counters) so a later upgrade can hand it, with its sockets, to another process.
 """
 import socket
 
 from . import movers
+from .poller import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from .sockets import reset
 
 BUDGET = 4 << 20  # bytes per readiness callback, so one busy stream cannot starve the loop
@@ -26,15 +27,19 @@ class Direction:
 class Relay:
     """Relays a<->b until both sides are done or one fails (then both are reset).
 
-    Slotted, with `info` a tuple (service, endpoint, trace, source): a forwarder holds one per
-    open connection, and the IM case is tens of thousands of them.
+    Readiness comes from a Poller (dataplane/poller.py) shared by every relay of the
+    forwarder. Slotted, with `info` a tuple (service, endpoint, trace, source): a forwarder
+    holds one relay per open connection, and the IM case is tens of thousands of them.
     """
-    __slots__ = ("loop", "a", "b", "info", "on_close", "closed", "error", "mode", "dirs")
+    __slots__ = ("poller", "a", "b", "fa", "fb", "masks", "info", "on_close", "closed",
+                 "error", "mode", "dirs")
 
-    def __init__(self, loop, a: socket.socket, b: socket.socket, to_b: bytes = b"",
+    def __init__(self, poller, a: socket.socket, b: socket.socket, to_b: bytes = b"",
                  to_a: bytes = b"", on_close=None, info: tuple = (), mode: str = "splice"):
-        self.loop = loop
+        self.poller = poller
         self.a, self.b = a, b
+        self.fa, self.fb = a.fileno(), b.fileno()
+        self.masks = [0, 0]  # epoll events asked for a and for b
         self.info = info
         self.on_close = on_close
         self.closed = False
@@ -45,11 +50,25 @@ class Relay:
 
     def start(self) -> None:
         for d in self.dirs:
-            self._step(d)
+            if d.mover.pending:  # bytes read ahead (a preamble's leftover) go out first
+                self._step(d)
+            else:  # level-triggered: bytes already queued are reported at once
+                self._read(d, True)
 
     @property
     def bytes(self):
         return self.dirs[0].bytes, self.dirs[1].bytes
+
+    def event(self, fd: int, events: int) -> None:
+        """Readiness of one of our sockets: run the directions it concerns."""
+        if self.closed:
+            return
+        side = 0 if fd == self.fa else 1
+        src_of, dst_of = self.dirs[side], self.dirs[1 - side]  # reads fd / writes fd
+        if dst_of.writing and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+            self._step(dst_of)
+        if src_of.reading and not self.closed and events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+            self._step(src_of)
 
     def _step(self, d: Direction) -> None:
         if self.closed or d.done:
@@ -77,25 +96,31 @@ class Relay:
             return
         self._read(d, True)
 
+    def _watch(self, side: int) -> None:
+        """Ask epoll for what the two directions now need of socket `side`."""
+        src_of, dst_of = self.dirs[side], self.dirs[1 - side]
+        mask = (EPOLLIN if src_of.reading else 0) | (EPOLLOUT if dst_of.writing else 0)
+        if mask != self.masks[side]:
+            self.poller.set(self.fa if side == 0 else self.fb, self, self.masks[side], mask)
+            self.masks[side] = mask
+
     def _read(self, d, on):
-        if on and not d.reading:
-            self.loop.add_reader(d.src.fileno(), self._step, d)
-        elif not on and d.reading:
-            self.loop.remove_reader(d.src.fileno())
-        d.reading = on
+        if d.reading != on:
+            d.reading = on
+            self._watch(0 if d is self.dirs[0] else 1)
 
     def _write(self, d, on):
-        if on and not d.writing:
-            self.loop.add_writer(d.dst.fileno(), self._step, d)
-        elif not on and d.writing:
-            self.loop.remove_writer(d.dst.fileno())
-        d.writing = on
+        if d.writing != on:
+            d.writing = on
+            self._watch(1 if d is self.dirs[0] else 0)
 
     def _teardown(self):
         self.closed = True
+        for side, fd in enumerate((self.fa, self.fb)):
+            self.poller.set(fd, self, self.masks[side], 0)
+            self.masks[side] = 0
         for d in self.dirs:
-            self._read(d, False)
-            self._write(d, False)
+            d.reading = d.writing = False
             d.mover.discard()
 
     def close(self) -> None:

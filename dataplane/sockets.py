@@ -1,5 +1,7 @@
 """Socket helpers for the forwarder: marks, namespaces, resets, SO_ORIGINAL_DST."""
 import asyncio
+import errno
+import os
 import socket
 import struct
 
@@ -51,11 +53,34 @@ def udp_socket(ip: str, port: int, ns_fd: int = None, home_fd: int = None) -> so
 
 
 async def connect(s: socket.socket, addr, timeout: float, source: str = None) -> None:
+    """Connect the non-blocking socket s, or raise (TimeoutError after timeout seconds).
+
+    On the per-connection path: one future and one timer, no Task (asyncio.wait_for over
+    sock_connect costs a Task, and the handshake to a pod on this node is usually done
+    before connect() returns anyway)."""
     if source:
         s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         s.bind((source, 0))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, addr), timeout)
+    err = s.connect_ex(addr)
+    if err == 0:
+        return
+    if err != errno.EINPROGRESS:
+        raise OSError(err, f"connect {addr[0]}:{addr[1]}: {os.strerror(err)}")
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    fd = s.fileno()
+    loop.add_writer(fd, lambda: done.done() or done.set_result(None))
+    timer = loop.call_later(timeout, lambda: done.done() or done.set_exception(
+        TimeoutError(f"connect {addr[0]}:{addr[1]}: no answer within {timeout:g}s")))
+    try:
+        await done
+    finally:
+        timer.cancel()
+        loop.remove_writer(fd)
+    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"connect {addr[0]}:{addr[1]}: {os.strerror(err)}")
 
 
 def original_dst(s: socket.socket):

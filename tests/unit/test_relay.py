@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from dataplane import movers, pipes, pump as chooser
+from dataplane.poller import Poller
 from dataplane.relay import Relay
 
 from .test_pump import _twin, tcp_pair
@@ -70,8 +71,11 @@ def relay_pair(mode, **kw):
 
 
 async def run_relay(mode, b, c, **kw):
-    done = asyncio.get_running_loop().create_future()
-    r = Relay(asyncio.get_running_loop(), b, c, mode=mode,
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    poller = Poller(loop)
+    done.add_done_callback(lambda _f: poller.close())
+    r = Relay(poller, b, c, mode=mode,
               on_close=lambda r: done.done() or done.set_result(r), **kw)
     r.start()
     return r, done
@@ -213,3 +217,29 @@ def test_reset_on_one_side_resets_the_other(mode, pool):
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="relay mode"):
         movers.make("sockmap-typo")
+
+
+def test_peer_gone_while_the_other_side_is_blocked_loses_nothing(mode, pool):
+    """C's peer D sends 8 MB, shuts down and closes while A is not reading: the relay has
+    shut down C's write side already (A half-closed first), so C is reported HUP the whole
+    time the b->a direction waits for A. That must not end the stream: A gets every byte."""
+    a, b, c, d = relay_pair(mode)
+    back = payload(7, 8_000_000)
+
+    async def main():
+        r, done = await run_relay(mode, b, c)
+        a.shutdown(socket.SHUT_WR)
+        assert await asyncio.to_thread(read_all, d) == b""
+        await asyncio.to_thread(writer, d, [back])
+        d.close()
+        await asyncio.sleep(0.3)  # A still not reading: the relay sits blocked on it
+        got = await asyncio.to_thread(read_all, a)
+        await asyncio.wait_for(done, TIMEOUT)
+        return r, got
+
+    try:
+        r, got = asyncio.run(main())
+    finally:
+        for s in (a, b, c):
+            s.close()
+    assert r.error is None and len(got) == len(back) and got == back
