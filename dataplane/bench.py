@@ -4,16 +4,19 @@ Topologies (built here, torn down even on Ctrl-C):
     same node:  client --(path)--> server          (both on n1)
     two nodes:  client --(path)--> server2         (n1 -> n2 over the underlay)
 
-Paths: direct (no mesh); mesh (the forwarders: splice relay, the tunnel across
-nodes); socket lb (connect4 picks the endpoint, no forwarder on the path); HAProxy placed where the forwarder sits (one hop on n1, or a pair
-n1 -> n2 for two nodes), the reference a user would otherwise pick.
+Paths: direct (no mesh); mesh (the forwarders with the default splice relay, the tunnel
+across nodes); mesh copy (the same with the plain recv/send relay, the reference twin);
+socket lb (connect4 picks the endpoint, no forwarder on the path); HAProxy placed where the
+forwarder sits (one hop on n1, or a pair n1 -> n2 for two nodes), the reference a user would
+otherwise pick.
 
-Tools: iperf3 with 1 and 4 streams (Gbit/s), sockperf ping-pong with 64-byte
-messages (round trip p50 and p99 in us, from the same runs: sockperf reports
-half of the round trip). Every figure is the
-median of several runs, with min and max. Latency runs pin the client, the
-server and every proxy process to CPU 0 (a wake-up across the two vCPUs
-costs more than the path); throughput runs are not pinned.
+Tools: iperf3 with 1 and 4 streams (Gbit/s; --quick leaves out 4 streams), sockperf
+ping-pong with 64-byte messages (round trip p50 and p99 in us, from the same runs: sockperf
+reports half of the round trip), and wrk against nginx in the server pod (dataplane/
+bench_http.py): HTTP requests/s over 16 keep-alive connections, and new connections/s with
+`Connection: close` over 32. Every figure is the median of several runs, with min and max.
+Latency runs pin the client, the server and every proxy process to CPU 0 (a wake-up across
+the two vCPUs costs more than the path); throughput and wrk runs are not pinned.
 """
 import json
 import os
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import time
 
+from .bench_http import HTTP_PORT, nginx_argv, parse_wrk, wrk_argv
 from .lab import Lab
 
 IPERF_PORT, SOCKPERF_PORT, PROXY_PORT, PAIR_PORT = 5201, 11111, 16000, 16001
@@ -44,7 +48,7 @@ class Bench:
     def __init__(self, quick: bool, say):
         self.quick, self.say = quick, say
         self.runs = 2 if quick else 5
-        self.seconds = 2 if quick else 5
+        self.seconds = 1 if quick else 5
         self.lab = Lab("gwbench")
         self.proxies = []  # haproxy Popen
         self.results = []
@@ -59,7 +63,7 @@ class Bench:
         self.server = lab.pod("server", "n1")
         self.server2 = lab.pod("server2", "n2")
         for name in ("server", "server2"):
-            for port in (IPERF_PORT, SOCKPERF_PORT):
+            for port in (IPERF_PORT, SOCKPERF_PORT, HTTP_PORT):
                 lab.service(f"{name}-{port}", ports=[str(port)], endpoints=[name])
                 lab.service(f"{name}-{port}-lb", ports=[str(port)], endpoints=[name], socket_lb=True)
         lab.up("n1")
@@ -69,16 +73,17 @@ class Bench:
             lab.spawn(name, ["iperf3", "-s", "-B", rec["ip"], "-p", str(IPERF_PORT)])
             lab.spawn(name, ["taskset", "-c", "0", "sockperf", "sr", "--tcp", "-i", rec["ip"],
                              "-p", str(SOCKPERF_PORT)])
+            lab.spawn(name, nginx_argv(lab.dir, name, rec["ip"]))
         doc = lab.doc
         self.n1, self.n2 = doc["nodes"]["n1"], doc["nodes"]["n2"]
         # HAProxy where the forwarder sits: one hop on n1, and a pair n1 -> n2
         gw = self.n1["gateway"]
         one = [LISTEN.format(port=PROXY_PORT + p, bind=gw, dest=f"{self.server['ip']}:{p}")
-               for p in (IPERF_PORT, SOCKPERF_PORT)]
+               for p in (IPERF_PORT, SOCKPERF_PORT, HTTP_PORT)]
         pair1 = [LISTEN.format(port=PROXY_PORT + 100 + p, bind=gw, dest=f"{self.n2['ip']}:{PAIR_PORT + p}")
-                 for p in (IPERF_PORT, SOCKPERF_PORT)]
+                 for p in (IPERF_PORT, SOCKPERF_PORT, HTTP_PORT)]
         pair2 = [LISTEN.format(port=PAIR_PORT + p, bind=self.n2["ip"], dest=f"{self.server2['ip']}:{p}")
-                 for p in (IPERF_PORT, SOCKPERF_PORT)]
+                 for p in (IPERF_PORT, SOCKPERF_PORT, HTTP_PORT)]
         self._haproxy(self.n1["netns"], one + pair1)
         self._haproxy(self.n2["netns"], pair2)
         time.sleep(0.5)
@@ -98,11 +103,13 @@ class Bench:
         gw = self.n1["gateway"]
         return [
             ("same node", "direct", self.server["ip"], 0),
-            ("same node", "mesh", self.vips["server-" + str(IPERF_PORT)], 0),
+            ("same node", "mesh", None, 0),
+            ("same node", "mesh copy", None, 0),
             ("same node", "socket lb", None, 0),
             ("same node", "haproxy", gw, PROXY_PORT),
             ("two nodes", "direct", self.server2["ip"], 0),
-            ("two nodes", "mesh", self.vips["server2-" + str(IPERF_PORT)], 0),
+            ("two nodes", "mesh", None, 0),
+            ("two nodes", "mesh copy", None, 0),
             ("two nodes", "socket lb", None, 0),
             ("two nodes", "haproxy pair", gw, PROXY_PORT + 100),
         ]
@@ -110,7 +117,7 @@ class Bench:
     # ------------------------------------------------------------ tools
 
     def _dest(self, topo, path, ip, offset, port):
-        if path in ("mesh", "socket lb"):
+        if path in ("mesh", "mesh copy", "socket lb"):
             server = "server" if topo == "same node" else "server2"
             return self.vips[f"{server}-{port}" + ("-lb" if path == "socket lb" else "")], port
         return ip, (offset + port) if offset else port
@@ -132,6 +139,23 @@ class Bench:
         # sockperf reports half the round trip
         return {"RTT p50 us, 64 B": 2 * float(p50.group(1)), "RTT p99 us, 64 B": 2 * float(p99.group(1))}
 
+    def wrk(self, ip, port, close):
+        r = self.lab.run("client", wrk_argv(f"http://{ip}:{port}/", self.seconds, 32 if close else 16, close),
+                         timeout=self.seconds + 60)
+        try:
+            got = parse_wrk(r.stdout)
+        except ValueError as e:
+            raise RuntimeError(f"wrk to {ip}:{port}: {e}") from None
+        if got["errors"]:
+            raise RuntimeError(f"wrk to {ip}:{port}: {got['errors']} errors")
+        return got["rps"]
+
+    def _relay(self, path):
+        """The forwarders' relay for this path: copy for "mesh copy", else the default."""
+        mode = "copy" if path == "mesh copy" else "splice"
+        for node in ("n1", "n2"):
+            self.lab.admin(node, "relay", mode=mode)
+
     def _pin(self, cpus: str):
         pids = [self.lab.ctl(n).forwarder_pid() for n in ("n1", "n2")]
         pids += [int(x) for p in self.proxies
@@ -145,28 +169,35 @@ class Bench:
     def measure(self):
         metrics = [("Gbit/s, 1 stream", lambda ip, p: self.iperf(ip, p, 1), IPERF_PORT, "0-1"),
                    ("Gbit/s, 4 streams", lambda ip, p: self.iperf(ip, p, 4), IPERF_PORT, "0-1"),
-                   ("RTT p50 us, 64 B", self.sockperf, SOCKPERF_PORT, "0")]
+                   ("RTT p50 us, 64 B", self.sockperf, SOCKPERF_PORT, "0"),
+                   ("HTTP req/s, keep-alive", lambda ip, p: self.wrk(ip, p, False), HTTP_PORT, "0-1"),
+                   ("new conn/s, HTTP close", lambda ip, p: self.wrk(ip, p, True), HTTP_PORT, "0-1")]
+        if self.quick:
+            metrics = [m for m in metrics if m[0] != "Gbit/s, 4 streams"]
         total = len(metrics) * len(self.paths()) * self.runs
         done = 0
         for metric, fn, port, cpus in metrics:
             self._pin(cpus)
             for topo, path, ip, offset in self.paths():
                 dest = self._dest(topo, path, ip, offset, port)
+                self._relay(path)
                 values = {}  # metric -> runs; one sockperf run gives p50 and p99
                 for _ in range(self.runs):
                     got = fn(*dest)
                     for name, v in (got.items() if isinstance(got, dict) else [(metric, got)]):
                         values.setdefault(name, []).append(v)
                     done += 1
-                    self.say(f"\r  [{done}/{total}] {metric:<18} {topo:<10} {path:<13} "
-                             f"{values[metric][-1]:8.2f}   ", end="")
+                    self.say(f"\r  [{done}/{total}] {metric:<22} {topo:<10} {path:<13} "
+                             f"{values[metric][-1]:10.2f}   ", end="")
                 for name, runs in values.items():
                     self.results.append({"metric": name, "topology": topo, "path": path,
                                          "median": statistics.median(runs), "min": min(runs),
                                          "max": max(runs), "runs": runs})
         self._pin("0-1")
+        self._relay("mesh")
         order = {m: i for i, m in enumerate(["Gbit/s, 1 stream", "Gbit/s, 4 streams", "RTT p50 us, 64 B",
-                                             "RTT p99 us, 64 B"])}
+                                             "RTT p99 us, 64 B", "HTTP req/s, keep-alive",
+                                             "new conn/s, HTTP close"])}
         self.results.sort(key=lambda r: order.get(r["metric"], 9))  # stable: paths keep their order
         self.say("\r" + " " * 80 + "\r", end="")
 
@@ -193,19 +224,20 @@ def ratios(results):
 
 
 def table(results) -> str:
-    lines = [f"{'metric':<18} {'topology':<10} {'path':<13} {'median':>8} {'min':>8} {'max':>8} "
+    lines = [f"{'metric':<22} {'topology':<10} {'path':<13} {'median':>10} {'min':>10} {'max':>10} "
              f"{'/direct':>8} {'/haproxy':>9}"]
     for r in results:
-        lines.append(f"{r['metric']:<18} {r['topology']:<10} {r['path']:<13} {r['median']:8.2f} {r['min']:8.2f} "
-                     f"{r['max']:8.2f} {r['vs_direct']:8.2f} {r['vs_haproxy']:9.2f}")
+        lines.append(f"{r['metric']:<22} {r['topology']:<10} {r['path']:<13} {r['median']:10.2f} {r['min']:10.2f} "
+                     f"{r['max']:10.2f} {r['vs_direct']:8.2f} {r['vs_haproxy']:9.2f}")
     return "\n".join(lines)
 
 
 def svg(results, title) -> str:
     """Bars per metric: one group per topology, one bar per path, labelled."""
     metrics = list(dict.fromkeys(r["metric"] for r in results))
-    colors = {"direct": "#888888", "mesh": "#2a7ab0", "socket lb": "#40a060", "haproxy": "#d08030", "haproxy pair": "#d08030"}
-    w, panel_h, bar_w = 900, 220, 46
+    colors = {"direct": "#888888", "mesh": "#2a7ab0", "mesh copy": "#8fb8d8", "socket lb": "#40a060",
+              "haproxy": "#d08030", "haproxy pair": "#d08030"}
+    w, panel_h, bar_w = 1000, 220, 46
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{60 + panel_h * len(metrics)}" '
            'font-family="sans-serif" font-size="12">',
            f'<text x="10" y="24" font-size="16" font-weight="bold">{title}</text>']
@@ -223,7 +255,7 @@ def svg(results, title) -> str:
                 y = top + panel_h - 30 - h
                 out.append(f'<rect x="{x}" y="{y:.1f}" width="{bar_w}" height="{h:.1f}" '
                            f'fill="{colors.get(r["path"], "#555")}"/>')
-                out.append(f'<text x="{x + bar_w / 2}" y="{y - 4:.1f}" text-anchor="middle">{r["median"]:.1f}</text>')
+                out.append(f'<text x="{x + bar_w / 2}" y="{y - 4:.1f}" text-anchor="middle">{r["median"]:.{0 if r["median"] >= 1000 else 1}f}</text>')
                 out.append(f'<text x="{x + bar_w / 2}" y="{top + panel_h - 18}" text-anchor="middle" '
                            f'font-size="10">{r["path"]}</text>')
                 x += bar_w + 30
