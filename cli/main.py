@@ -21,9 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start this node's forwarder (--store etcd://HOST:PORT for many nodes)")
     up.add_argument("--foreground", action="store_true", help="run in the foreground (no daemon)")
-    up.add_argument("--relay", default=os.environ.get("GLASSWING_RELAY", "splice"),
-                    help="how relayed bytes move: splice (Cython, zero copy; default) or copy "
-                         "(plain recv/send, the reference); also GLASSWING_RELAY")
+    up.add_argument("--relay", default=os.environ.get("GLASSWING_RELAY", "auto"),
+                    help="how relayed bytes move: auto (default: splice), splice (Cython, zero copy) "
+                         "or copy (plain recv/send, the reference); also GLASSWING_RELAY")
     sub.add_parser("down", help="stop the forwarder and remove everything it made")
     sub.add_parser("status", help="forwarder state")
     sub.add_parser("doctor", help="check that this machine can run the mesh")

@@ -151,8 +151,8 @@ class Bench:
         return got["rps"]
 
     def _relay(self, path):
-        """The forwarders' relay for this path: copy for "mesh copy", else the default."""
-        mode = "copy" if path == "mesh copy" else "splice"
+        """The forwarders' relay for this path: copy for "mesh copy", else the default (auto)."""
+        mode = "copy" if path == "mesh copy" else "auto"
         for node in ("n1", "n2"):
             self.lab.admin(node, "relay", mode=mode)
 

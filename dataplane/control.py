@@ -73,7 +73,7 @@ class Control:
                     out[node] = {"ok": False, "error": str(e)}
         return out
 
-    def up(self, timeout: float = 90.0, relay: str = "splice") -> dict:
+    def up(self, timeout: float = 90.0, relay: str = "auto") -> dict:
         from .movers import MODES
         if relay not in MODES:
             raise GlasswingError(f"relay mode {relay!r} is not one of {', '.join(MODES)}")

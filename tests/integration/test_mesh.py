@@ -46,7 +46,7 @@ def test_small_and_empty_payloads(mesh):
         assert r.get("error") is None and r["received"] == size and r["same"], r
 
 
-@pytest.mark.parametrize("mode", ["copy", "splice"])  # splice last: the module's default
+@pytest.mark.parametrize("mode", ["copy", "splice", "auto"])  # auto last: the default
 def test_every_relay_mode_carries_bytes_exactly(mesh, mode):
     for node in ("n1", "n2"):
         assert mesh.admin(node, "relay", mode=mode)["relay"] == mode
@@ -61,7 +61,7 @@ def test_every_relay_mode_carries_bytes_exactly(mesh, mode):
 def test_relay_mode_typo_is_refused(mesh):
     r = mesh.admin("n1", "relay", mode="sockmapp")
     assert not r["ok"] and "sockmapp" in r["error"]
-    assert mesh.admin("n1", "status")["relay"] == "splice"
+    assert mesh.admin("n1", "status")["relay"] == "auto"
 
 
 def test_iperf3_through_mesh(mesh):
@@ -161,7 +161,7 @@ def test_unknown_service_on_tunnel(mesh):
 
 def test_status_reports_pods_and_connections(mesh):
     st = mesh.ctl("n1").status()
-    assert st["running"] and st["pods"] == ["client", "web1"] and st["relay"] == "splice" and st["pump"] in ("cython", "python")
+    assert st["running"] and st["pods"] == ["client", "web1"] and st["relay"] == "auto" and st["pump"] in ("cython", "python")
     st2 = mesh.ctl("n2").status()
     assert st2["pods"] == ["web2"]
     with open(f"/proc/{st['pid']}/limits") as f:  # room for many long-lived connections
