@@ -9,10 +9,22 @@ SOCKET_LB_LABEL = "glasswing.dev/lb"  # "socket": load balance in connect4
 
 @dataclass(frozen=True)
 class Endpoint:
+    """One endpoint of a service port. Equal (and hashed) by where it is and
+    how it is weighted; labels ride along without taking part, so policy state
+    kept per endpoint (least-request counts, weighted scores) survives a
+    label change. Outlier state is keyed by addr, which survives weight and
+    zone changes too."""
     pod: str
     node: str
     ip: str
     port: int
+    weight: int = 1       # EndpointSpec.weight, 1-1000
+    zone: str = ""        # "" when unknown
+    labels: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def addr(self) -> tuple:
+        return self.ip, self.port
 
 
 @dataclass
@@ -42,7 +54,9 @@ class Catalog:
                 # endpoints given by address are outside any pod: reached directly
                 for ep in svc["endpoints"]:
                     if ep.get("address"):
-                        sp.endpoints.append(Endpoint(None, None, ep["address"], ep["port"] or m["target"]))
+                        sp.endpoints.append(Endpoint(None, None, ep["address"], ep["port"] or m["target"],
+                                                     ep.get("weight") or 1, ep.get("zone") or "",
+                                                     dict(ep.get("labels") or {})))
         # Endpoint objects a user applied, for every port of their service
         for ekey, msg in doc.get("config", {}).get("endpoint", {}).items():
             s = msg.spec
@@ -51,13 +65,15 @@ class Catalog:
             skey = f"{ekey.split('/', 1)[0]}/{s.service}"
             for (k, _port), sp in self.by_name.items():
                 if k == skey:
-                    sp.endpoints.append(Endpoint(None, None, s.address, s.port))
+                    sp.endpoints.append(Endpoint(None, None, s.address, s.port, s.weight or 1, s.zone,
+                                                 dict(s.labels)))
         # endpoints as their nodes' forwarders registered them (leased), in key order
         for ekey in sorted(doc["endpoints"]):
             e = doc["endpoints"][ekey]
             sp = self.by_name.get((e["service"], e["service_port"]))
             if sp is not None and e.get("health") != "unhealthy":
-                sp.endpoints.append(Endpoint(e["pod"], e["node"], e["ip"], e["port"]))
+                sp.endpoints.append(Endpoint(e["pod"], e["node"], e["ip"], e["port"], e.get("weight") or 1,
+                                             e.get("zone") or "", dict(e.get("labels") or {})))
 
     @property
     def dns_names(self):

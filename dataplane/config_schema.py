@@ -103,7 +103,7 @@ _CHOICES = {
 }
 # Fields where an explicit 0 differs from omission (which takes a default): to_dict prints them
 # even when 0, so that `get -o yaml` output applies again unchanged.
-_ZERO_KEPT = {"OutlierDetection.max_ejection_percent"}
+_ZERO_KEPT = {"OutlierDetection.max_ejection_percent", "TrafficPolicySpec.retry_attempts"}
 # String fields whose YAML may be a bare integer (`on: [5xx, 503]`); stored as text.
 _INT_AS_STRING = {"RetryPolicy.on"}
 
@@ -458,6 +458,7 @@ def _check_match(match, path):
 def _check_traffic_policy(spec, path):
     _call(_sub(path, "service"), names.name, "service", _require(spec, "service", path))
     spec.setdefault("loadBalancer", "round_robin")
+    spec.setdefault("retryAttempts", 1)  # one retry elsewhere, as without a policy; 0 turns it off
     if "outlierDetection" in spec:
         od = spec["outlierDetection"]
         od.setdefault("consecutiveFailures", 5)

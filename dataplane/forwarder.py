@@ -23,7 +23,8 @@ from .admin import serve as serve_admin
 from .bpf_programs import Programs, detach_stale
 from .bpf_state import MapState, ServiceIds, desired
 from .catalog import Catalog
-from .lb import RoundRobin
+from .connect_retry import classify
+from .idle_reaper import IdleReaper, interval as idle_interval
 from .movers import MODES as RELAY_MODES
 from .poller import Poller
 from .relay import Relay
@@ -32,6 +33,7 @@ from .settings import (DNS_PORT, LEASE_TTL, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT
 from .sockets import listener, marked_socket, original_dst, reset
 from .streams import StreamRejected, connect_in_pod, dial, open_tunnel, read_preamble
 from . import dns_names, registry
+from .policy import Policies
 from .dns_resolver import Resolver
 from .health import Checker
 from .kv import Compacted, Txn
@@ -80,7 +82,7 @@ class PodState:
 
 class Forwarder:
     def __init__(self, store: Registry, node: str, run_root: str, home_fd: int,
-                 relay: str = "splice"):
+                 relay: str = "auto"):
         self.store, self.node, self.home_fd = store, node, home_fd
         self.relay_mode = check_relay_mode(relay)
         self.doc = store.read()
@@ -95,13 +97,17 @@ class Forwarder:
         self.svc_ids = ServiceIds()
         self.checkers = {}  # endpoint key -> (Checker, its check settings)
         self.pods = {}
-        self.relays = set()
+        self.relays = RelaySet(self._relay_gone)
         self.tasks = set()
         self.poller = None  # one epoll for every relayed socket, made with the first relay
-        self.rr = RoundRobin()
+        self.policies = Policies()
+        self.attempts = {}  # trace -> (app socket, policy.Attempt) of open outbound connections
+        self.reaper = IdleReaper(clock=time.monotonic)
         self.resolver = Resolver(self._dns_lookup, socket_factory=self._upstream_socket)
         self.stopping = asyncio.Event()
-        self.stats = {"accepted": 0, "reset": 0, "tunnel_in": 0, "rejected": 0}
+        self.stats = {"accepted": 0, "reset": 0, "tunnel_in": 0, "rejected": 0,
+                      **{f"refused_{r}": 0 for r in REFUSALS},
+                      "connect_failures": 0, "connect_retries": 0, "outlier_ejections": 0, "idle_closed": 0}
         self.errors = {}
         self.servers = []
 
@@ -132,6 +138,7 @@ class Forwarder:
         self.servers.append(await serve_admin(self.paths["admin"], self._admin))
         self._spawn(self._watch())
         self._spawn(self._keepalive())
+        self._spawn(self._sweep())
         with open(self.paths["pidfile"], "w") as f:
             f.write(f"{os.getpid()}\n")
         log.info("forwarder for node %s ready (tunnel %s:%d)", self.node, tunnel_ip, TUNNEL_PORT)
@@ -248,7 +255,7 @@ class Forwarder:
             else:
                 self.pods[name].rec = rec
         self._publish()
-        self.catalog = Catalog(doc)
+        self._set_catalog(Catalog(doc))
         settings = doc["config"]["meshsettings"].get("-/mesh")
         upstream = settings.spec.upstream_dns if settings else ""
         host, _, port = upstream.rpartition(":")
@@ -257,12 +264,52 @@ class Forwarder:
         changed = self.maps.apply(desired(self.catalog, doc, self.node, ids, self.svc_ids))
         log.debug("revision %s: %d map entries changed", doc["revision"], changed)
 
+    def _set_catalog(self, catalog) -> None:
+        """A new catalog, and the policy state brought in line with it."""
+        self.catalog = catalog
+        node = self.doc["nodes"].get(self.node) or {}
+        self.policies.update(catalog, self.doc, local_zone=node.get("zone", ""))
+
+    async def _sweep(self):
+        """Now and then: close relays idle past their service's idle timeout,
+        and release the policy hold of outbound connections that ended
+        without telling us (a backstop for _relay_gone)."""
+        backstop = 0.0
+        while True:
+            timeouts = [s.idle_timeout for s in self.policies.explicit.values()]
+            await asyncio.sleep(idle_interval(timeouts))
+            try:
+                relays = list(self.relays) if any(timeouts) else ()
+                for r in self.reaper.scan(relays, lambda s: self.policies.settings(s).idle_timeout):
+                    self.stats["idle_closed"] += 1
+                    log.info("service %s: closing a connection idle for %.1fs", r.info[0],
+                             self.policies.settings(r.info[0]).idle_timeout)
+                    r.close()
+                if time.monotonic() >= backstop:
+                    backstop = time.monotonic() + 5.0
+                    for trace in [t for t, (conn, _a) in self.attempts.items() if conn.fileno() < 0]:
+                        self.attempts.pop(trace)[1].close()
+            except Exception as e:  # noqa: BLE001 - the sweep must go on
+                log.error("sweep: %s", e)
+
+    def _relay_gone(self, r) -> None:
+        """A relay closed: an outbound connection gives back its policy hold
+        (breaker slot, least-request count)."""
+        if not r.info:
+            return
+        held = self.attempts.get(r.info[2])
+        if held is not None and held[0] is r.a:
+            del self.attempts[r.info[2]]
+            held[1].close()
+
     def _publish(self) -> None:
         """Register this node's pods as endpoints of the services that select
         them, under our lease; only what changed is written."""
         want = {}
         checks = {}
+        zone = (self.doc["nodes"].get(self.node) or {}).get("zone", "")
         for key, svc in self.doc["services"].items():
+            static = {e["pod"]: e for e in svc["endpoints"] if e.get("pod")}
             for m in svc["ports"]:
                 for pod, rec, port in svcs.endpoints(self.doc, svc, m):
                     if rec["node"] != self.node or pod not in self.pods:
@@ -275,8 +322,10 @@ class Forwarder:
                         health = cur[0].state.status if cur and cur[1] == svc["health_check"] else "unknown"
                     want[ekey] = json.dumps({"service": key, "service_port": m["port"], "pod": pod,
                                              "node": self.node, "ip": rec["ip"], "port": port,
-                                             "health": health, "zone": rec.get("zone", ""),
-                                             "weight": 1}, sort_keys=True).encode()
+                                             "health": health,
+                                             "zone": static.get(pod, {}).get("zone") or rec.get("zone") or zone,
+                                             "weight": static.get(pod, {}).get("weight") or 1},
+                                            sort_keys=True).encode()
         self._sync_checkers(checks)
         mine = f"{registry.PREFIX}endpoints/{self.node}/"
         have = {k: json.dumps(v, sort_keys=True).encode() for k, v in self.doc["endpoints"].items()
@@ -352,7 +401,6 @@ class Forwarder:
         if lsock.fileno() >= 0:  # not closed meanwhile
             loop.add_reader(lsock.fileno(), self._accept_ready, loop, lsock, handler)
 
-
     def _relay(self, a, b, info, to_b=b"", to_a=b""):
         """info: (service, endpoint, trace, source)."""
         if self.poller is None:
@@ -367,40 +415,88 @@ class Forwarder:
         log.info("reset: %s", why)
         reset(conn)
 
+    def _refuse(self, conn, reason, why):
+        self.stats[f"refused_{reason}"] += 1
+        self._reset(conn, why)
+
     async def _outbound(self, pod: PodState, conn):
         dst = original_dst(conn)
         if dst is None:
-            return self._reset(conn, f"pod {pod.name}: no original destination")
+            return self._refuse(conn, "no_service", f"pod {pod.name}: no original destination")
         sp = self.catalog.service_port(*dst)
         if sp is None:
-            return self._reset(conn, f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
+            return self._refuse(conn, "no_service", f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
         name = sp.service
-        ep = self.rr.pick((name, sp.port), sp.endpoints)
-        if ep is None:
-            return self._reset(conn, f"service {name}: no endpoint")
+        port = self.policies.port(name, sp.port)
+        refused = port.service.admit()
+        if refused:
+            return self._refuse(conn, refused, f"service {name}: {refused}")
+        key = source_key(pod, conn) if port.settings.load_balancer == "ring_hash" else None
+        attempt = self.policies.attempt(port, sp.endpoints, key)
         trace = secrets.token_hex(16)
         try:
-            if ep.node is None:  # an address outside the mesh's pods: straight from the node
-                upstream, to_app = await dial((ep.ip, ep.port)), b""
-            elif ep.node == self.node:
-                upstream, to_app = await self._connect_local(ep.pod, ep.ip, ep.port), b""
-            else:
-                peer = self.doc["nodes"][ep.node]
-                msg = tc.Open(version=tc.VERSION, source_pod=pod.name,
-                              source_identity=f"glasswing://{self.cluster}/pod/{pod.name}",
-                              service=name, port=sp.port,
-                              original_dst=tc.Address(*dst), target=tc.Address(ep.ip, ep.port),
-                              trace_id=trace, source_node=self.node)
-                upstream, to_app = await open_tunnel(peer["ip"], msg)
-        except (OSError, asyncio.TimeoutError, StreamRejected, tc.PreambleError, KeyError) as e:
-            return self._reset(conn, f"service {name} via {ep.pod}:{ep.port}: {e or type(e).__name__}")
-        self._relay(conn, upstream, (name, ep, trace, pod.name), to_a=to_app)
+            upstream, to_app = await self._connect_upstream(pod, sp, dst, attempt, trace)
+        except BaseException:
+            attempt.close()
+            conn.close()
+            raise
+        if upstream is None:
+            attempt.close()
+            return self._refuse(conn, to_app[0], to_app[1])
+        self.attempts[trace] = (conn, attempt)
+        try:
+            self._relay(conn, upstream, (name, attempt.endpoint, trace, pod.name), to_a=to_app)
+        except Exception as e:  # noqa: BLE001 - this connection fails, the forwarder goes on
+            self.attempts.pop(trace, None)
+            attempt.close()
+            upstream.close()
+            self._reset(conn, f"service {name}: relay failed to start: {e}")
 
-    async def _connect_local(self, pod_name, ip, port):
+    async def _connect_upstream(self, pod, sp, dst, attempt, trace):
+        """(upstream socket, bytes for the app) once a connect succeeded, or
+        (None, (refusal reason, why)) when the attempt gave up."""
+        name = sp.service
+        while True:
+            ep = attempt.pick()
+            if ep is None:
+                return None, ("no_endpoint", f"service {name}: no endpoint")
+            try:
+                upstream, to_app = await self._open(pod, sp, dst, ep, trace, attempt.timeout)
+            except (OSError, asyncio.TimeoutError, StreamRejected, tc.PreambleError, KeyError) as e:
+                self.stats["connect_failures"] += 1
+                delay = attempt.failed(failure_reason(e))
+                if attempt.ejected:
+                    self.stats["outlier_ejections"] += 1
+                    log.info("service %s: endpoint %s:%d ejected", name, ep.ip, ep.port)
+                why = f"service {name} via {ep.pod or ep.ip}:{ep.port}: {e or type(e).__name__}"
+                if delay is None:
+                    return None, ("connect_failed", f"{why} (gave up: {attempt.retry.gave_up})")
+                log.info("%s; retrying in %.3fs", why, delay)
+                self.stats["connect_retries"] += 1
+                await asyncio.sleep(delay)
+                continue
+            attempt.connected()
+            return upstream, to_app
+
+    async def _open(self, pod, sp, dst, ep, trace, timeout):
+        if ep.node is None:  # an address outside the mesh's pods: straight from the node
+            return await dial((ep.ip, ep.port), timeout=timeout), b""
+        if ep.node == self.node:
+            return await self._connect_local(ep.pod, ep.ip, ep.port, timeout), b""
+        peer = self.doc["nodes"][ep.node]
+        msg = tc.Open(version=tc.VERSION, source_pod=pod.name,
+                      source_identity=f"glasswing://{self.cluster}/pod/{pod.name}",
+                      service=sp.service, port=sp.port,
+                      original_dst=tc.Address(*dst), target=tc.Address(ep.ip, ep.port),
+                      trace_id=trace, source_node=self.node)
+        return await open_tunnel(peer["ip"], msg, timeout=timeout)
+
+    async def _connect_local(self, pod_name, ip, port, timeout=None):
         pod = self.pods.get(pod_name)
         if pod is None:
-            raise OSError(f"pod {pod_name} is not attached on node {self.node}")
-        return await connect_in_pod(pod.ns_fd, self.home_fd, ip, port)
+            # refused: nothing reached an app, so another endpoint may be tried
+            raise ConnectionRefusedError(f"pod {pod_name} is not attached on node {self.node}")
+        return await connect_in_pod(pod.ns_fd, self.home_fd, ip, port, timeout=timeout)
 
     async def _tunnel_stream(self, sock):
         loop = asyncio.get_running_loop()
@@ -424,7 +520,8 @@ class Forwarder:
             return await self._reject(sock, "no_endpoint",
                                       f"{ev.target.ip}:{ev.target.port} is no endpoint of {ev.service} here", ev.trace_id)
         try:
-            upstream = await self._connect_local(local[0].pod, ev.target.ip, ev.target.port)
+            upstream = await self._connect_local(local[0].pod, ev.target.ip, ev.target.port,
+                                                 self.policies.settings(ev.service).connect_timeout)
         except (OSError, asyncio.TimeoutError) as e:
             return await self._reject(sock, "refused_by_app", str(e), ev.trace_id)
         try:
@@ -460,7 +557,7 @@ class Forwarder:
 
     def _health_changed(self):
         self._publish()
-        self.catalog = Catalog(self.doc)
+        self._set_catalog(Catalog(self.doc))
         ids = {n: p.cgroup_id for n, p in self.pods.items()}
         self.maps.apply(desired(self.catalog, self.doc, self.node, ids, self.svc_ids))
 
@@ -512,13 +609,55 @@ class Forwarder:
                 "map_updates": self.maps.updates if self.maps else 0, "errors": self.errors}
 
 
+# Why the forwarder resets an app's new connection; each is counted in
+# stats as refused_REASON.
+REFUSALS = ("no_service", "rate_limit", "max_connections", "max_pending", "no_endpoint", "connect_failed")
+
+
+class RelaySet(set):
+    """Forwarder.relays: the open relays. A relay's on_close is our discard,
+    so discard tells the forwarder which connection ended."""
+
+    def __init__(self, on_discard):
+        super().__init__()
+        self._on_discard = on_discard
+
+    def discard(self, r) -> None:
+        if r in self:
+            super().discard(r)
+            self._on_discard(r)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """connect_retry's reason for a failed upstream open. A peer forwarder
+    that could not reach the app, or has no such endpoint, is a refused
+    connect: nothing reached the app, so another endpoint may be tried."""
+    if isinstance(exc, StreamRejected):
+        return "refused" if exc.reason in ("refused_by_app", "no_endpoint") else "rejected"
+    if isinstance(exc, KeyError):  # the endpoint's node left the store
+        return "unreachable"
+    return classify(exc)
+
+
+def source_key(pod: PodState, conn) -> str:
+    """The ring hash key at L4: the client's address. Apps reach the outbound
+    listener over loopback, so that is the pod's own address."""
+    try:
+        ip = conn.getpeername()[0]
+    except OSError:
+        ip = ""
+    if not ip or ip.startswith("127."):
+        return pod.rec.get("ip") or pod.name
+    return ip
+
+
 def check_relay_mode(mode) -> str:
     if mode not in RELAY_MODES:
         raise ValueError(f"relay mode must be one of {', '.join(RELAY_MODES)}, not {mode!r}")
     return mode
 
 
-def run(store_url: str, node: str, run_root: str, relay: str = "splice") -> int:
+def run(store_url: str, node: str, run_root: str, relay: str = "auto") -> int:
     """Foreground entry: enter the node's namespace, serve until told to stop."""
     # Every relayed connection holds two sockets and two pipes (six fds): the
     # default soft limit of 1024 would cap a node at ~170 connections.

@@ -14,22 +14,24 @@ class StreamRejected(Exception):
         self.reason, self.detail = reason, detail
 
 
-async def dial(addr, ns_fd: int = None, home_fd: int = None, source: str = None):
+async def dial(addr, ns_fd: int = None, home_fd: int = None, source: str = None,
+               timeout: float = None):
     """A connected forwarder socket to addr, made in namespace ns_fd (the
-    node's own if None); closed again if the connect fails."""
+    node's own if None); closed again if the connect fails. timeout: seconds,
+    CONNECT_TIMEOUT when None."""
     s = marked_socket(ns_fd, home_fd)
     try:
-        await connect(s, addr, CONNECT_TIMEOUT, source=source)
+        await connect(s, addr, CONNECT_TIMEOUT if timeout is None else timeout, source=source)
     except BaseException:
         s.close()
         raise
     return s
 
 
-async def connect_in_pod(ns_fd: int, home_fd: int, ip: str, port: int):
+async def connect_in_pod(ns_fd: int, home_fd: int, ip: str, port: int, timeout: float = None):
     """A connection to the app made from inside its pod, from 127.0.0.6: the
     app sees a mesh connection, and no route or forwarding is needed."""
-    return await dial((ip, port), ns_fd, home_fd, source=INBOUND_SOURCE)
+    return await dial((ip, port), ns_fd, home_fd, source=INBOUND_SOURCE, timeout=timeout)
 
 
 async def read_preamble(sock, reader: tc.PreambleReader):
@@ -43,11 +45,12 @@ async def read_preamble(sock, reader: tc.PreambleReader):
             return event
 
 
-async def open_tunnel(node_ip: str, open_msg: tc.Open):
-    """Connect to a peer forwarder, send StreamOpen, await its Reply.
+async def open_tunnel(node_ip: str, open_msg: tc.Open, timeout: float = None):
+    """Connect to a peer forwarder (within timeout, CONNECT_TIMEOUT when None),
+    send StreamOpen, await its Reply.
     Returns (socket, bytes the peer already sent for the app)."""
     loop = asyncio.get_running_loop()
-    s = await dial((node_ip, TUNNEL_PORT))
+    s = await dial((node_ip, TUNNEL_PORT), timeout=timeout)
     try:
         await loop.sock_sendall(s, tc.encode_open(open_msg))
         reader = tc.PreambleReader("reply")

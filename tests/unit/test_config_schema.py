@@ -193,7 +193,7 @@ MINIMAL = [
      """,
      {"apiVersion": "glasswing.dev/v1", "kind": "TrafficPolicy",
       "metadata": {"name": "web", "namespace": "default"},
-      "spec": {"service": "web", "loadBalancer": "round_robin",
+      "spec": {"service": "web", "loadBalancer": "round_robin", "retryAttempts": 1,
                "outlierDetection": {"consecutiveFailures": 5, "baseEjectionMs": 30000, "maxEjectionPercent": 10},
                "rateLimit": {"tokensPerSecond": 20, "burst": 20}}}),
     ("""
