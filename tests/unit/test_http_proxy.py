@@ -1,0 +1,1257 @@
+"""dataplane.http_proxy: the HTTP/1.1 session end to end over loopback TCP, no root.
+
+    client (raw HTTP bytes) --TCP--> Proxy: accept -> HttpSession --TCP--> Server(s)
+                                               |  FakeUpstreams.pick/connect
+                                               |  UpstreamPool (shared by the sessions)
+
+Servers are tiny HTTP/1.1 servers written here (asyncio streams + http1.RequestParser) whose
+handlers script each misbehaviour: slow, reset, 503 first, chunked streams, 101 then echo,
+long-polls. Clients read responses with http1.ResponseParser.
+"""
+import asyncio
+import hashlib
+import random
+import socket
+import time
+
+import pytest
+
+from dataplane import config_schema as cs
+from dataplane import http1 as h
+from dataplane import http_route as hr
+from dataplane.http_pool import UpstreamPool
+from dataplane.http_proxy import (HTTP, OPAQUE, HttpSession, HttpSettings, NoEndpoint,
+                                  ServicePolicy, detect)
+from dataplane.http_route import subset_matches
+from dataplane.retry_budget import RetryBudget
+from dataplane.token_bucket import TokenBucket
+
+TIMEOUT = 30.0
+CLOSE, RESET = "close", "reset"
+
+
+def run(coro, timeout=TIMEOUT):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def routes(*rules):
+    doc = {"apiVersion": cs.API_VERSION, "kind": "Route", "metadata": {"name": "r"},
+           "spec": {"service": "web", "rules": list(rules)}}
+    return hr.RouteTable(cs.validate(doc, "test", 1).spec)
+
+
+def ok(body=b"ok", extra=b""):
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+def status(code, body=b"nope"):
+    return b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (code, len(body), body)
+
+
+# --- upstream servers ------------------------------------------------------------------------
+
+
+class Ctx:
+    """What a handler sees: the connection's streams and parser, and which request this is."""
+
+    def __init__(self, server, reader, writer, conn_no):
+        self.server, self.reader, self.writer, self.conn_no = server, reader, writer, conn_no
+        self.parser = h.RequestParser()
+        self.req_no = 0  # on this connection, from 1
+        self.raw = bytearray()  # every byte received on this connection
+
+
+class Server:
+    """An HTTP/1.1 upstream on 127.0.0.1. handler(ctx, request, body) returns the response bytes,
+    CLOSE (close without answering), RESET, or None when it wrote the response itself."""
+
+    def __init__(self, handler=None, name="s"):
+        self.handler = handler or (lambda ctx, req, body: ok(name.encode()))
+        self.name = name
+        self.connections = 0
+        self.requests = []  # (Request, body)
+        self.raws = []
+
+    async def start(self):
+        _SERVERS.append(self)
+        self.srv = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.addr = self.srv.sockets[0].getsockname()
+        return self
+
+    async def stop(self):
+        self.srv.close()
+
+    async def _serve(self, reader, writer):
+        self.connections += 1
+        ctx = Ctx(self, reader, writer, self.connections)
+        self.raws.append(ctx.raw)
+        try:
+            while True:
+                req = await self._event(ctx)
+                if not isinstance(req, h.Request):
+                    break
+                body = bytearray()
+                while True:
+                    ev = await self._event(ctx)
+                    if isinstance(ev, h.EndOfMessage):
+                        break
+                    body += ev.data
+                ctx.req_no += 1
+                self.requests.append((req, bytes(body)))
+                out = self.handler(ctx, req, bytes(body))
+                if asyncio.iscoroutine(out):
+                    out = await out
+                if out == CLOSE:
+                    break
+                if out == RESET:
+                    writer.transport.abort()
+                    return
+                if out is not None:
+                    writer.write(out)
+                    await writer.drain()
+                if not req.keep_alive or ctx.parser.must_close:
+                    break
+                if ctx.parser.next_event() is h.PAUSED and not ctx.parser.must_close:
+                    ctx.parser.resume()
+        except (ConnectionError, h.HttpError):
+            pass
+        finally:
+            writer.close()
+
+    async def _event(self, ctx):
+        while True:
+            ev = ctx.parser.next_event()
+            if ev is h.NEED_DATA:
+                data = await ctx.reader.read(65536)
+                ctx.raw += data
+                ctx.parser.receive_data(data)
+                continue
+            return ev
+
+
+class FakeUpstreams:
+    """Endpoints by key: (address, labels). Round robin over the fitting ones, avoiding tried."""
+
+    def __init__(self, endpoints):
+        self.endpoints = dict(endpoints)
+        self.picks = []
+        self.connects = {}
+        self._rr = 0
+
+    def pick(self, service, port, subset, exclude):
+        fit = [k for k, (_a, labels) in self.endpoints.items() if subset_matches(labels, subset or {})]
+        if not fit:
+            raise NoEndpoint(service)
+        fresh = [k for k in fit if k not in exclude] or fit
+        self._rr += 1
+        key = fresh[self._rr % len(fresh)]
+        self.picks.append(key)
+        return key
+
+    async def connect(self, key):
+        self.connects[key] = self.connects.get(key, 0) + 1
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(s, self.endpoints[key][0])
+        except OSError:
+            s.close()
+            raise
+        return s
+
+
+def closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    addr = s.getsockname()
+    s.close()
+    return addr
+
+
+class Proxy:
+    """Accepts on 127.0.0.1 and runs an HttpSession per connection."""
+
+    def __init__(self, upstreams, **kw):
+        self.upstreams = upstreams
+        self.kw = kw
+        self.sessions = []
+        self.metrics = {}
+        self.tasks = set()
+
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        self.pool = self.kw.pop("pool", None) or UpstreamPool(loop)
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.lsock.setblocking(False)
+        self.addr = self.lsock.getsockname()
+        self.task = asyncio.ensure_future(self._accept())
+        return self
+
+    async def _accept(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.lsock)
+            conn.setblocking(False)
+            s = HttpSession(conn, "web", 80, self.upstreams, pool=self.pool, metrics=self.metrics,
+                            **self.kw)
+            self.sessions.append(s)
+            t = asyncio.ensure_future(s.run())
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
+
+    async def stop(self):
+        self.task.cancel()
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(self.task, *self.tasks, return_exceptions=True)
+        self.lsock.close()
+        self.pool.close()
+        while _CLIENTS:
+            _CLIENTS.pop().close()
+        while _SERVERS:
+            srv = _SERVERS.pop()
+            srv.srv.close()
+            await srv.srv.wait_closed()
+        await asyncio.sleep(0)
+
+
+_CLIENTS = []  # closed by Proxy.stop
+_SERVERS = []
+
+
+class Client:
+    def __init__(self, addr):
+        self.addr = addr
+        self.parser = h.ResponseParser()
+
+    async def open(self):
+        self.reader, self.writer = await asyncio.open_connection(*self.addr)
+        _CLIENTS.append(self)
+        return self
+
+    async def send(self, data):
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, method=b"GET", chunk=65536, pause=0.0):
+        """(Response, body, informational responses) of the next response; None at EOF."""
+        p = self.parser
+        p.expect(method)
+        resp, body, info = None, bytearray(), []
+        while True:
+            ev = p.next_event()
+            if ev is h.NEED_DATA:
+                data = await self.reader.read(chunk)
+                if pause:
+                    await asyncio.sleep(pause)
+                p.receive_data(data)
+            elif isinstance(ev, h.InformationalResponse):
+                info.append(ev)
+            elif isinstance(ev, h.Response):
+                resp = ev
+            elif isinstance(ev, h.Data):
+                body += ev.data
+            elif isinstance(ev, h.EndOfMessage):
+                return resp, bytes(body), info
+            else:
+                return None
+
+    async def request(self, target=b"/", method=b"GET", headers=(), body=None):
+        hs = b"".join(b"%s: %s\r\n" % kv for kv in headers)
+        if body is not None:
+            hs += b"content-length: %d\r\n" % len(body)
+        await self.send(b"%s %s HTTP/1.1\r\nhost: web\r\n%s\r\n%s" % (method, target, hs, body or b""))
+        return await self.response(method)
+
+    async def closed(self, within=5.0) -> bool:
+        """True when the proxy closed (EOF or reset) within the time; unread bytes are dropped."""
+        try:
+            async with asyncio.timeout(within):
+                while await self.reader.read(65536):
+                    pass
+            return True
+        except ConnectionError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self):
+        self.writer.close()
+
+
+async def setup(handlers=None, labels=None, **kw):
+    """Servers (one per handler), FakeUpstreams over them, a started Proxy, and a Client."""
+    handlers = handlers or [None]
+    servers = [await Server(hd, f"s{i}").start() for i, hd in enumerate(handlers)]
+    labels = labels or [{} for _ in servers]
+    ups = FakeUpstreams({f"s{i}": (s.addr, labels[i]) for i, s in enumerate(servers)})
+    proxy = await Proxy(ups, **kw).start()
+    client = await Client(proxy.addr).open()
+    return servers, ups, proxy, client
+
+
+def header(resp, name):
+    return resp.get(name)
+
+
+# --- keep-alive and pooling --------------------------------------------------------------------
+
+
+def test_keep_alive_reuses_client_and_upstream_connections():
+    async def main():
+        servers, ups, proxy, client = await setup()
+        for _ in range(5):
+            resp, body, _ = await client.request()
+            assert resp.status == 200 and body == b"s0"
+        second = await Client(proxy.addr).open()  # another client: the pooled upstream serves it
+        for _ in range(3):
+            resp, body, _ = await second.request()
+            assert resp.status == 200
+        assert len(proxy.sessions) == 2
+        assert servers[0].connections == 1 and len(servers[0].requests) == 8
+        assert proxy.metrics["pool_reuses"] == 7
+        assert proxy.metrics["responses_2xx"] == 8
+        await proxy.stop()
+    run(main())
+
+
+def test_dead_pooled_connection_is_retried_on_a_fresh_one_for_get():
+    def handler(ctx, req, body):
+        if ctx.req_no == 2:
+            return CLOSE  # the upstream's idle close racing our reuse: the request is unanswered
+        return ok()
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        assert (await client.request())[0].status == 200
+        resp, body, _ = await client.request()
+        assert resp.status == 200 and body == b"ok"
+        assert servers[0].connections == 2
+        assert proxy.metrics["stale_retries"] == 1 and proxy.metrics["retries"] == 0
+        await proxy.stop()
+    run(main())
+
+
+def test_idle_pooled_connection_closed_by_upstream_leaves_the_pool():
+    def handler(ctx, req, body):
+        return ok(extra=b"connection: close\r\n") if ctx.req_no > 1 else ok()
+
+    async def main():
+        # the server closes after its reply: the session sees "connection: close", no pooling
+        servers, ups, proxy, client = await setup([handler])
+        assert (await client.request())[0].status == 200
+        await asyncio.sleep(0.05)
+        assert proxy.pool.idle("s0") == 1
+        assert (await client.request())[0].status == 200
+        await asyncio.sleep(0.05)
+        assert proxy.pool.idle("s0") == 0
+        assert (await client.request())[0].status == 200
+        assert servers[0].connections == 2
+        await proxy.stop()
+    run(main())
+
+
+def test_pipelined_requests_are_served_in_order():
+    def handler(ctx, req, body):
+        return ok(req.target)
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        await client.send(b"".join(b"GET /%d HTTP/1.1\r\nhost: web\r\n\r\n" % i for i in range(4)))
+        for i in range(4):
+            resp, body, _ = await client.response()
+            assert body == b"/%d" % i
+        await proxy.stop()
+    run(main())
+
+
+def test_http10_client_head_and_connection_close():
+    def handler(ctx, req, body):
+        if req.method == b"HEAD":
+            return b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        # HEAD: headers only, Content-Length kept, the connection stays usable
+        await client.send(b"HEAD / HTTP/1.1\r\nhost: web\r\n\r\n")
+        resp, body, _ = await client.response(b"HEAD")
+        assert resp.status == 200 and resp.get(b"content-length") == b"5" and body == b""
+        # HTTP/1.0 keep-alive client gets the chunked body de-chunked, then the connection ends
+        await client.send(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        resp, body, _ = await client.response()
+        assert body == b"abcde" and resp.get(b"transfer-encoding") is None
+        assert resp.get(b"connection") == b"close"
+        assert await client.closed()
+        # Host was added for the HTTP/1.0 request
+        assert servers[0].requests[1][0].get(b"host") == b"web"
+        # Connection: close from an HTTP/1.1 client
+        c2 = await Client(proxy.addr).open()
+        await c2.send(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        resp, body, _ = await c2.response()
+        assert body == b"abcde" and resp.get(b"connection") == b"close"
+        assert await c2.closed()
+        await proxy.stop()
+    run(main())
+
+
+def test_expect_100_continue_passes_through():
+    async def handler(ctx, req, body):
+        return ok(body)
+
+    class ContinueServer(Server):
+        async def _serve(self, reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b"expect: 100-continue" in head.lower()
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            body = await reader.readexactly(5)
+            writer.write(ok(body))
+            await writer.drain()
+            writer.close()
+
+    async def main():
+        server = await ContinueServer(handler).start()
+        ups = FakeUpstreams({"s0": (server.addr, {})})
+        proxy = await Proxy(ups).start()
+        client = await Client(proxy.addr).open()
+        await client.send(b"POST / HTTP/1.1\r\nhost: web\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 100 Continue")
+        await client.send(b"hello")
+        resp, body, _ = await client.response(b"POST")
+        assert resp.status == 200 and body == b"hello"
+        await proxy.stop()
+    run(main())
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def retry_rule(on, attempts=2, per_try_ms=0, timeout_ms=0):
+    retries = {"attempts": attempts, "on": on}
+    if per_try_ms:
+        retries["perTryTimeoutMs"] = per_try_ms
+    rule = {"retries": retries}
+    if timeout_ms:
+        rule["timeoutMs"] = timeout_ms
+    return routes(rule)
+
+
+def test_post_is_not_retried_on_reset_unless_marked_safe():
+    def handler(ctx, req, body):
+        return RESET if len(ctx.server.requests) == 1 else ok(body)
+
+    async def main():
+        policy = ServicePolicy(routes=retry_rule(["reset", "5xx"]))
+        servers, ups, proxy, client = await setup([handler], policy=policy)
+        resp, body, _ = await client.request(method=b"POST", body=b"pay")
+        assert resp.status == 502 and resp.get(b"x-glasswing-reason") == b"upstream_reset"
+        assert len(servers[0].requests) == 1 and proxy.metrics["retries"] == 0
+        await proxy.stop()
+
+        servers, ups, proxy, client = await setup(
+            [handler], policy=ServicePolicy(routes=retry_rule(["reset"]), safe_methods=frozenset({b"POST"})))
+        resp, body, _ = await client.request(method=b"POST", body=b"pay")
+        assert resp.status == 200 and body == b"pay" and resp.get(b"x-glasswing-retries") == b"1"
+        assert [b for _r, b in servers[0].requests] == [b"pay", b"pay"]
+        await proxy.stop()
+    run(main())
+
+
+@pytest.mark.parametrize("code", [503, 502])
+def test_5xx_then_success_is_retried(code):
+    def handler(ctx, req, body):
+        return status(code) if len(ctx.server.requests) == 1 else ok(b"fine")
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler], policy=ServicePolicy(routes=retry_rule([str(code)])))
+        resp, body, _ = await client.request()
+        assert resp.status == 200 and body == b"fine"
+        assert resp.get(b"x-glasswing-retries") == b"1"
+        assert proxy.metrics["retries"] == 1 and len(servers[0].requests) == 2
+        await proxy.stop()
+    run(main())
+
+
+def test_retry_goes_to_another_endpoint_after_connect_failure():
+    async def main():
+        server = await Server(name="up").start()
+        ups = FakeUpstreams({"down": (closed_port(), {}), "up": (server.addr, {})})
+        proxy = await Proxy(ups).start()  # no Route: DEFAULT_RULE retries connect failures
+        client = await Client(proxy.addr).open()
+        for _ in range(4):
+            resp, body, _ = await client.request()
+            assert resp.status == 200 and body == b"up"
+        assert ups.connects["down"] >= 1
+        assert proxy.metrics["upstream_connect_failure"] >= 1
+        await proxy.stop()
+    run(main())
+
+
+def test_every_endpoint_refusing_gives_503_connect_error():
+    async def main():
+        ups = FakeUpstreams({"down": (closed_port(), {})})
+        proxy = await Proxy(ups).start()
+        client = await Client(proxy.addr).open()
+        resp, body, _ = await client.request()
+        assert resp.status == 503 and resp.get(b"x-glasswing-reason") == b"upstream_connect_error"
+        assert ups.connects["down"] == 3  # the first try and DEFAULT_RULE's two retries
+        await proxy.stop()
+    run(main())
+
+
+def test_retry_budget_exhausted_passes_the_original_error_through():
+    def handler(ctx, req, body):
+        return status(503, b"upstream says no")
+
+    async def main():
+        budget = RetryBudget(clock=time.monotonic, ratio=0.0, min_per_second=0.1, ttl=10.0)  # 1 retry
+        policy = ServicePolicy(routes=retry_rule(["503"], attempts=3), retry_budget=budget)
+        servers, ups, proxy, client = await setup([handler], policy=policy)
+        resp, body, _ = await client.request()  # one retry from the budget, then the 503 itself
+        assert resp.status == 503 and body == b"upstream says no"
+        assert resp.get(b"x-glasswing-retries") == b"1"
+        resp, body, _ = await client.request()
+        assert resp.status == 503 and body == b"upstream says no"
+        assert resp.get(b"x-glasswing-retries") is None
+        assert len(servers[0].requests) == 3
+        assert proxy.metrics["retries"] == 1 and proxy.metrics["retry_budget_exhausted"] == 2
+        await proxy.stop()
+    run(main())
+
+
+def test_per_try_timeout_then_retry_succeeds():
+    async def handler(ctx, req, body):
+        if len(ctx.server.requests) == 1:
+            await asyncio.sleep(1.0)
+        return ok(b"second")
+
+    async def main():
+        policy = ServicePolicy(routes=retry_rule(["5xx"], per_try_ms=200))
+        servers, ups, proxy, client = await setup([handler], policy=policy)
+        t0 = time.monotonic()
+        resp, body, _ = await client.request()
+        assert resp.status == 200 and body == b"second" and time.monotonic() - t0 < 0.9
+        assert proxy.metrics["retries"] == 1 and proxy.metrics["upstream_timeout"] == 1
+        await proxy.stop()
+    run(main())
+
+
+def test_route_timeout_gives_504():
+    async def handler(ctx, req, body):
+        await asyncio.sleep(2.0)
+        return ok()
+
+    async def main():
+        servers, ups, proxy, client = await setup(
+            [handler], policy=ServicePolicy(routes=routes({"timeoutMs": 300})))
+        t0 = time.monotonic()
+        resp, body, _ = await client.request()
+        assert resp.status == 504 and resp.get(b"x-glasswing-reason") == hr.REQUEST_TIMEOUT.encode()
+        assert 0.25 < time.monotonic() - t0 < 1.5
+        resp, body, _ = await client.request()  # the client connection is still good
+        assert resp.status == 504
+        await proxy.stop()
+    run(main())
+
+
+def test_large_post_body_is_streamed_and_not_retried():
+    def handler(ctx, req, body):
+        return status(503) if len(ctx.server.requests) == 1 else ok(hashlib.sha256(body).hexdigest().encode())
+
+    async def main():
+        policy = ServicePolicy(routes=retry_rule(["503"]), safe_methods=frozenset({b"POST"}))
+        servers, ups, proxy, client = await setup(
+            [handler], policy=policy, settings=HttpSettings(replay_limit=1024))
+        small = b"x" * 1000
+        resp, body, _ = await client.request(method=b"POST", body=small)
+        assert resp.status == 200 and body == hashlib.sha256(small).hexdigest().encode()
+        big = random.Random(1).randbytes(300_000)
+        servers[0].requests.clear()
+        resp, body, _ = await client.request(method=b"POST", body=big)
+        assert resp.status == 503  # no copy to replay: passed through
+        assert servers[0].requests[0][1] == big
+        await proxy.stop()
+    run(main())
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+
+def test_weighted_split_90_10():
+    async def main():
+        table = routes({"split": [{"subset": {"v": "1"}, "weight": 90}, {"subset": {"v": "2"}, "weight": 10}]})
+        servers, ups, proxy, client = await setup(
+            [None, None], labels=[{"v": "1"}, {"v": "2"}], policy=ServicePolicy(routes=table),
+            rng=random.Random(42))
+        n = 2000
+        batch = 50
+        got = {b"s0": 0, b"s1": 0}
+        for _ in range(n // batch):  # pipelined batches keep it quick
+            await client.send(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n" * batch)
+            for _ in range(batch):
+                _resp, body, _ = await client.response()
+                got[body] += 1
+        assert abs(got[b"s0"] / n - 0.9) <= 0.03 and got[b"s0"] + got[b"s1"] == n
+        assert servers[0].connections == 1 and servers[1].connections == 1
+        await proxy.stop()
+    run(main())
+
+
+def test_header_match_routing_and_no_route_404():
+    async def main():
+        table = routes({"match": {"headers": {"x-canary": "yes"}}, "split": [{"subset": {"v": "2"}, "weight": 100}]},
+                       {"match": {"pathPrefix": "/api"}, "split": [{"subset": {"v": "1"}, "weight": 100}]})
+        servers, ups, proxy, client = await setup(
+            [None, None], labels=[{"v": "1"}, {"v": "2"}], policy=ServicePolicy(routes=table))
+        assert (await client.request(b"/api/x"))[1] == b"s0"
+        assert (await client.request(b"/api/x", headers=((b"X-Canary", b"yes"),)))[1] == b"s1"
+        resp, body, _ = await client.request(b"/other")
+        assert resp.status == 404 and resp.get(b"x-glasswing-reason") == b"no_route"
+        assert (await client.request(b"/api/y"))[1] == b"s0"  # still open after the 404
+        await proxy.stop()
+    run(main())
+
+
+def test_set_headers_and_trace_headers():
+    def handler(ctx, req, body):
+        return ok()
+
+    async def main():
+        table = routes({"setHeaders": {"x-env": "prod", "x-old": "new"}})
+        servers, ups, proxy, client = await setup([handler], policy=ServicePolicy(routes=table),
+                                                  rng=random.Random(3))
+        await client.request(headers=((b"X-Old", b"old"),))
+        req = servers[0].requests[-1][0]
+        assert req.get(b"x-env") == b"prod" and req.get_all(b"x-old") == [b"new"]
+        tp = req.get(b"traceparent")
+        assert tp is not None and len(tp) == 55 and tp.startswith(b"00-")
+        assert len(req.get(b"x-request-id")) == 36
+        mine = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        await client.request(headers=((b"traceparent", mine), (b"x-request-id", b"abc-123"),
+                                      (b"tracestate", b"k=v")))
+        req = servers[0].requests[-1][0]
+        assert req.get(b"traceparent") == mine and req.get(b"x-request-id") == b"abc-123"
+        assert req.get(b"tracestate") == b"k=v"
+        await proxy.stop()
+    run(main())
+
+
+def test_hop_by_hop_headers_are_not_forwarded():
+    def handler(ctx, req, body):
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=5\r\nx-up: 1\r\n\r\nok"
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        resp, _b, _ = await client.request(headers=((b"Connection", b"x-secret"), (b"X-Secret", b"1"),
+                                                    (b"TE", b"trailers")))
+        req = servers[0].requests[-1][0]
+        assert req.get(b"x-secret") is None and req.get(b"te") is None and req.get(b"connection") is None
+        assert resp.get(b"keep-alive") is None and resp.get(b"x-up") == b"1"
+        await proxy.stop()
+    run(main())
+
+
+# --- local replies ---------------------------------------------------------------------------
+
+
+def test_rate_limit_answers_429_at_the_exact_count():
+    async def main():
+        bucket = TokenBucket(1, 3, clock=lambda: 0.0)  # a frozen clock: 3 tokens, no refill
+        servers, ups, proxy, client = await setup(policy=ServicePolicy(rate_limit=bucket))
+        codes = [(await client.request())[0].status for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        assert proxy.metrics["local_rate_limited"] == 2 and len(servers[0].requests) == 3
+        await proxy.stop()
+    run(main())
+
+
+def test_fault_abort_and_delay():
+    async def main():
+        fault = hr.FaultInjection(abort_status=418, abort_percent=100)
+        servers, ups, proxy, client = await setup(policy=ServicePolicy(fault=fault))
+        resp, body, _ = await client.request()
+        assert resp.status == 418 and resp.get(b"x-glasswing-reason") == b"fault_abort"
+        assert resp.get(b"x-request-id") and not servers[0].requests
+        await proxy.stop()
+
+        fault = hr.FaultInjection(delay_ms=300, delay_percent=100)
+        servers, ups, proxy, client = await setup(policy=ServicePolicy(fault=fault))
+        t0 = time.monotonic()
+        resp, body, _ = await client.request()
+        assert resp.status == 200 and time.monotonic() - t0 >= 0.3
+        assert proxy.metrics["fault_delays"] == 1
+        await proxy.stop()
+    run(main())
+
+
+def test_no_endpoint_gives_503_with_a_clear_body():
+    async def main():
+        proxy = await Proxy(FakeUpstreams({})).start()
+        client = await Client(proxy.addr).open()
+        resp, body, _ = await client.request()
+        assert resp.status == 503 and body == b"no healthy endpoint for service web\n"
+        assert resp.get(b"x-glasswing-reason") == b"no_healthy_endpoint"
+        assert (await client.request())[0].status == 503  # kept alive
+        await proxy.stop()
+    run(main())
+
+
+def test_bad_upstream_response_gives_502():
+    def handler(ctx, req, body):
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        resp, body, _ = await client.request()
+        assert resp.status == 502 and resp.get(b"x-glasswing-reason") == b"upstream_error"
+        await proxy.stop()
+    run(main())
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw,code", [
+    (b"POST / HTTP/1.1\r\nhost: web\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: web\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nhost: web\r\n" + b"x-h: v\r\n" * 10_000, 431),  # never ends
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"GET / HTTP/2.0\r\nhost: web\r\n\r\n", 505),
+    (b"G@T / HTTP/1.1\r\nhost: web\r\n\r\n", 400),
+])
+def test_bad_requests_get_their_4xx_and_the_connection_closes(raw, code):
+    async def main():
+        servers, ups, proxy, client = await setup(settings=HttpSettings(linger=0.5))
+        other = await Client(proxy.addr).open()
+        await client.send(raw)
+        resp, body, _ = await client.response()
+        assert resp.status == code and resp.get(b"connection") == b"close"
+        assert await client.closed()
+        assert not servers[0].requests
+        assert (await other.request())[0].status == 200  # others are still served
+        await proxy.stop()
+    run(main())
+
+
+def test_slow_drip_head_is_closed_after_the_head_deadline():
+    async def main():
+        loop = asyncio.get_running_loop()
+        servers, ups, proxy, client = await setup(settings=HttpSettings(head_timeout=0.3, linger=0.2))
+        client.close()
+        sock = socket.create_connection(proxy.addr)
+        sock.setblocking(False)
+        t0 = time.monotonic()
+        got = b""
+        await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\n")
+        try:
+            for _ in range(60):  # one byte every 50 ms: the head never completes in time
+                await loop.sock_sendall(sock, b"x")
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 0.05)
+                except TimeoutError:
+                    continue
+                got += data
+                if not data:
+                    break
+        except ConnectionError:
+            pass
+        sock.close()
+        assert got.startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - t0 < 1.5
+        assert proxy.metrics["local_request_header_timeout"] == 1
+        await proxy.stop()
+    run(main())
+
+
+def test_idle_keep_alive_client_is_closed_quietly():
+    async def main():
+        servers, ups, proxy, client = await setup(settings=HttpSettings(idle_timeout=0.3))
+        assert (await client.request())[0].status == 200
+        assert await asyncio.wait_for(client.reader.read(100), 3) == b""
+        assert proxy.metrics["client_idle_closed"] == 1
+        await proxy.stop()
+    run(main())
+
+
+# --- streaming, upgrade, long-poll -----------------------------------------------------------
+
+
+def test_chunked_request_body_is_streamed_byte_identical():
+    def handler(ctx, req, body):
+        return ok(b"%d" % len(body))
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        chunks = [b"5\r\nhello\r\n", b"1a\r\n" + b"z" * 26 + b"\r\n", b"3\r\nabc\r\n", b"0\r\n\r\n"]
+        await client.send(b"POST /up HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n")
+        for c in chunks:
+            await asyncio.sleep(0.05)
+            await client.send(c)
+        resp, body, _ = await client.response(b"POST")
+        assert resp.status == 200 and body == b"34"
+        raw = bytes(servers[0].raws[0])
+        assert raw.endswith(b"\r\n\r\n" + b"".join(chunks))
+        await proxy.stop()
+    run(main())
+
+
+def test_10mb_response_is_streamed_without_buffering():
+    size = 10 * 1024 * 1024
+    payload = random.Random(5).randbytes(size)
+
+    async def handler(ctx, req, body):
+        ctx.writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        for i in range(0, size, 1 << 20):
+            ctx.writer.write(payload[i:i + (1 << 20)])
+            await ctx.writer.drain()
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        await client.send(b"GET /big HTTP/1.1\r\nhost: web\r\n\r\n")
+        resp, body, _ = await client.response(chunk=1 << 16, pause=0.0005)  # a slowish reader
+        assert resp.status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
+        session = proxy.sessions[0]
+        assert 0 < session.peak_buffered <= 2 * HttpSettings().recv_size
+        await proxy.stop()
+    run(main())
+
+
+def test_close_delimited_response_is_rechunked_for_http11_clients():
+    async def handler(ctx, req, body):
+        ctx.writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart1-")
+        await ctx.writer.drain()
+        await asyncio.sleep(0.05)
+        ctx.writer.write(b"part2")
+        return CLOSE
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        resp, body, _ = await client.request()
+        assert body == b"part1-part2" and resp.get(b"transfer-encoding") == b"chunked"
+        resp, body, _ = await client.request()  # the client connection survived
+        assert body == b"part1-part2"
+        assert servers[0].connections == 2
+        await proxy.stop()
+    run(main())
+
+
+def test_long_poll_arriving_late_then_streamed_slowly():
+    pieces = [b"event: %d\n" % i for i in range(5)]
+
+    async def handler(ctx, req, body):
+        await asyncio.sleep(3.0)
+        ctx.writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for p in pieces:
+            ctx.writer.write(b"%x\r\n%s\r\n" % (len(p), p))
+            await ctx.writer.drain()
+            await asyncio.sleep(0.2)
+        ctx.writer.write(b"0\r\n\r\n")
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        resp, body, _ = await client.request(b"/poll")
+        assert resp.status == 200 and body == b"".join(pieces)
+        await proxy.stop()
+    run(main())
+
+
+def test_upgrade_101_hands_both_sockets_over_and_bytes_flow():
+    class EchoServer(Server):
+        async def _serve(self, reader, writer):
+            self.connections += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.requests.append(head)
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                         b"connection: upgrade\r\n\r\nserver-hello|")
+            await writer.drain()
+            while data := await reader.read(65536):
+                writer.write(b"echo:" + data)
+                await writer.drain()
+            writer.close()
+
+    switched = []
+    switched_tasks = []
+
+    async def copy(src, dst):
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await loop.sock_recv(src, 65536):
+                await loop.sock_sendall(dst, data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def on_switch(client_sock, upstream_sock, to_upstream, to_client):
+        switched.append((to_upstream, to_client))
+        loop = asyncio.get_running_loop()
+
+        async def start():
+            await loop.sock_sendall(upstream_sock, to_upstream)
+            await loop.sock_sendall(client_sock, to_client)
+            await asyncio.gather(copy(client_sock, upstream_sock), copy(upstream_sock, client_sock))
+            client_sock.close()
+            upstream_sock.close()
+        switched_tasks.append((asyncio.ensure_future(start()), (client_sock, upstream_sock)))
+
+    async def main():
+        server = await EchoServer().start()
+        proxy = await Proxy(FakeUpstreams({"e": (server.addr, {})}), on_switch=on_switch).start()
+        client = await Client(proxy.addr).open()
+        await client.send(b"GET /ws HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\n"
+                          b"upgrade: websocket\r\n\r\nearly-bytes")
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: websocket" in head.lower()
+        assert await asyncio.wait_for(client.reader.readexactly(13), 5) == b"server-hello|"
+        assert await asyncio.wait_for(client.reader.readexactly(16), 5) == b"echo:early-bytes"
+        await client.send(b"ping")
+        assert await asyncio.wait_for(client.reader.readexactly(9), 5) == b"echo:ping"
+        assert switched == [(b"early-bytes", b"server-hello|")]
+        assert b"upgrade: websocket" in server.requests[0].lower()
+        assert proxy.metrics["switched"] == 1
+        client.close()
+        await proxy.stop()
+        for task, socks in switched_tasks:
+            task.cancel()
+            for sock in socks:
+                sock.close()
+    run(main())
+
+
+def test_upgrade_without_on_switch_is_not_forwarded():
+    async def main():
+        servers, ups, proxy, client = await setup()
+        resp, body, _ = await client.request(headers=((b"Connection", b"upgrade"), (b"Upgrade", b"websocket")))
+        assert resp.status == 200
+        assert servers[0].requests[0][0].get(b"upgrade") is None
+        assert (await client.request())[0].status == 200  # the parser resumed after the upgrade ask
+        await proxy.stop()
+    run(main())
+
+
+# --- detection -------------------------------------------------------------------------------
+
+
+async def _detect_pair(send, deadline=0.1):
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    if send:
+        b.send(send)
+    t0 = time.monotonic()
+    kind, prefix = await detect(a, loop, deadline)
+    return kind, prefix, time.monotonic() - t0, a, b
+
+
+def test_detect_http_and_binary_at_once():
+    async def main():
+        kind, prefix, took, a, b = await _detect_pair(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert kind == HTTP and prefix == b"GET / HTTP/1.1\r\nhost: x\r\n\r\n" and took < 0.05
+        a.close(), b.close()
+        kind, prefix, took, a, b = await _detect_pair(b"\x16\x03\x01\x02\x00")  # TLS hello
+        assert kind == OPAQUE and prefix == b"\x16\x03\x01\x02\x00" and took < 0.05
+        a.close(), b.close()
+    run(main())
+
+
+def test_server_first_protocol_is_opaque_after_the_deadline_and_loses_no_bytes():
+    async def main():
+        loop = asyncio.get_running_loop()
+        kind, prefix, took, a, b = await _detect_pair(b"", deadline=0.1)
+        assert kind == OPAQUE and prefix == b"" and 0.09 <= took < 0.5
+        # the forwarder now relays raw: the "server" speaks first, the client answers
+        b.send(b"EHLO")  # arrives after detection gave up: still in the socket for the relay
+        assert await loop.sock_recv(a, 100) == b"EHLO"
+        a.close(), b.close()
+        # a client that sent part of a text line before the deadline: prefix kept for to_b
+        kind, prefix, took, a, b = await _detect_pair(b"SET k", deadline=0.1)
+        assert kind == OPAQUE and prefix == b"SET k"
+        a.close(), b.close()
+    run(main())
+
+
+# --- clients that leave, pipelining while waiting ---------------------------------------------
+
+
+def test_client_leaving_a_long_poll_closes_its_upstream_connection():
+    async def handler(ctx, req, body):
+        # hold the poll; the proxy closing our connection shows up as EOF here
+        data = await asyncio.wait_for(ctx.reader.read(100), 5)
+        ctx.server.eof_after = time.monotonic() - ctx.server.t0 if data == b"" else None
+        return CLOSE
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        servers[0].t0 = time.monotonic()
+        await client.send(b"GET /poll HTTP/1.1\r\nhost: web\r\n\r\n")
+        await asyncio.sleep(0.3)
+        client.close()
+        for _ in range(100):
+            if hasattr(servers[0], "eof_after"):
+                break
+            await asyncio.sleep(0.05)
+        assert servers[0].eof_after is not None and servers[0].eof_after < 2.0
+        assert proxy.metrics["client_aborted"] == 1
+        await proxy.stop()
+    run(main())
+
+
+def test_request_pipelined_while_a_response_is_awaited():
+    async def handler(ctx, req, body):
+        if req.target == b"/slow":
+            await asyncio.sleep(0.3)
+        return ok(req.target)
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        await client.send(b"GET /slow HTTP/1.1\r\nhost: web\r\n\r\n")
+        await asyncio.sleep(0.1)
+        await client.send(b"GET /next HTTP/1.1\r\nhost: web\r\n\r\n")
+        assert (await client.response())[1] == b"/slow"
+        assert (await client.response())[1] == b"/next"
+        assert proxy.metrics.get("client_aborted", 0) == 0
+        await proxy.stop()
+    run(main())
+
+
+def test_dead_pooled_connection_is_not_retried_for_post():
+    def handler(ctx, req, body):
+        return CLOSE if ctx.req_no == 2 else ok()
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        assert (await client.request())[0].status == 200
+        resp, body, _ = await client.request(method=b"POST", body=b"once")
+        assert resp.status == 502 and resp.get(b"x-glasswing-reason") == b"upstream_reset"
+        assert proxy.metrics["stale_retries"] == 0 and len(servers[0].requests) == 2
+        await proxy.stop()
+    run(main())
+
+
+def test_local_reply_before_a_body_arrived_closes_the_connection():
+    async def main():
+        bucket = TokenBucket(1, 1, clock=lambda: 0.0)
+        bucket.try_take()
+        servers, ups, proxy, client = await setup(policy=ServicePolicy(rate_limit=bucket),
+                                                  settings=HttpSettings(linger=0.2))
+        await client.send(b"POST / HTTP/1.1\r\nhost: web\r\ncontent-length: 100\r\n\r\n0123456789")
+        resp, body, _ = await client.response(b"POST")
+        assert resp.status == 429 and resp.get(b"connection") == b"close"
+        assert await client.closed()
+        await proxy.stop()
+    run(main())
+
+
+# --- more edges --------------------------------------------------------------------------------
+
+
+def test_route_timeout_while_streaming_cuts_the_client_connection():
+    async def handler(ctx, req, body):
+        ctx.writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        await ctx.writer.drain()
+        await asyncio.sleep(2.0)
+        return b"defghij"
+
+    async def main():
+        servers, ups, proxy, client = await setup(
+            [handler], policy=ServicePolicy(routes=routes({"timeoutMs": 300})))
+        await client.send(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+        got = b""
+        try:
+            async with asyncio.timeout(3):
+                while data := await client.reader.read(100):
+                    got += data
+        except ConnectionError:
+            pass
+        assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"abc")  # truncated, then cut
+        assert proxy.metrics["upstream_timeout_streaming"] == 1
+        await proxy.stop()
+    run(main())
+
+
+def test_upstream_reset_mid_body_resets_the_client():
+    async def handler(ctx, req, body):
+        ctx.writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await ctx.writer.drain()
+        await asyncio.sleep(0.05)
+        return RESET
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        await client.send(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+        with pytest.raises((h.HttpError, ConnectionError)):
+            await client.response()  # EOF or reset inside a Content-Length body
+        await proxy.stop()
+    run(main())
+
+
+def test_bad_chunk_in_a_streamed_request_body_gets_400():
+    async def handler(ctx, req, body):
+        return ok()
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler], settings=HttpSettings(linger=0.2))
+        await client.send(b"POST / HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel")
+        await asyncio.sleep(0.1)
+        await client.send(b"lo\r\nzz\r\n")  # not a chunk size
+        resp, body, _ = await client.response(b"POST")
+        assert resp.status == 400 and await client.closed()
+        assert proxy.metrics["client_errors"] == 1
+        await proxy.stop()
+    run(main())
+
+
+def test_early_hints_pass_through_to_http11_clients_only():
+    def handler(ctx, req, body):
+        return b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n" + ok()
+
+    async def main():
+        servers, ups, proxy, client = await setup([handler])
+        resp, body, info = await client.request()
+        assert [i.status for i in info] == [103] and info[0].get(b"link") == b"</a.css>"
+        assert resp.status == 200 and body == b"ok"
+        await client.send(b"GET / HTTP/1.0\r\n\r\n")
+        resp, body, info = await client.response()
+        assert info == [] and resp.status == 200
+        await proxy.stop()
+    run(main())
+
+
+def test_connect_without_on_switch_is_501_and_policy_may_be_a_callable():
+    async def main():
+        calls = []
+
+        def policy():
+            calls.append(1)
+            return ServicePolicy()
+        servers, ups, proxy, client = await setup(policy=policy)
+        await client.send(b"CONNECT db:5432 HTTP/1.1\r\nhost: db:5432\r\n\r\n")
+        resp, body, _ = await client.response(b"CONNECT")
+        assert resp.status == 501 and await client.closed()
+        c2 = await Client(proxy.addr).open()
+        assert (await c2.request())[0].status == 200 and len(calls) == 2
+        await proxy.stop()
+    run(main())
+
+
+def test_bytes_that_came_with_the_connect_reach_the_response_parser():
+    class TunnelUpstreams(FakeUpstreams):
+        async def connect(self, key):
+            # a tunnel's StreamAccept can arrive together with the first response bytes
+            sock = await super().connect(key)
+            return sock, b"HTTP/1.1 200 OK\r\ncontent-"
+
+    def handler(ctx, req, body):
+        return b"length: 4\r\n\r\nvia!"
+
+    async def main():
+        server = await Server(handler).start()
+        proxy = await Proxy(TunnelUpstreams({"t": (server.addr, {})})).start()
+        client = await Client(proxy.addr).open()
+        resp, body, _ = await client.request()
+        assert resp.status == 200 and body == b"via!"
+        await proxy.stop()
+    run(main())
+
+
+def test_server_first_and_binary_protocols_relay_raw_after_detection():
+    # The forwarder relays opaque connections with relay.Relay (to_b=prefix); a plain asyncio
+    # copy stands in for it here so that this test does not depend on the relay's internals.
+    async def copy(src, dst, first=b""):
+        loop = asyncio.get_running_loop()
+        try:
+            if first:
+                await loop.sock_sendall(dst, first)
+            while data := await loop.sock_recv(src, 65536):
+                await loop.sock_sendall(dst, data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    async def smtp(reader, writer):  # speaks first, like SMTP or PostgreSQL's MySQL cousin
+        writer.write(b"220 ready\r\n")
+        await writer.drain()
+        line = await reader.readline()
+        writer.write(b"250 hello " + line)
+        await writer.drain()
+        while data := await reader.read(100):  # then echo
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv = await asyncio.start_server(smtp, "127.0.0.1", 0)
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(8)
+        lsock.setblocking(False)
+        relays, kinds, socks = [], [], []
+
+        async def accept():
+            while True:
+                conn, _ = await loop.sock_accept(lsock)
+                conn.setblocking(False)
+                kind, prefix = await detect(conn, loop, 0.1)
+                kinds.append((kind, prefix))
+                up = socket.socket()
+                up.setblocking(False)
+                await loop.sock_connect(up, srv.sockets[0].getsockname())
+                socks.extend((conn, up))
+                relays.append(asyncio.ensure_future(copy(conn, up, prefix)))
+                relays.append(asyncio.ensure_future(copy(up, conn)))
+        task = asyncio.ensure_future(accept())
+        # server first: the client waits for the banner
+        reader, writer = await asyncio.open_connection(*lsock.getsockname())
+        assert await asyncio.wait_for(reader.readline(), 5) == b"220 ready\r\n"
+        writer.write(b"EHLO me\r\n")
+        assert await asyncio.wait_for(reader.readline(), 5) == b"250 hello EHLO me\r\n"
+        writer.close()
+        # client first with bytes that are not HTTP: opaque at once, the prefix is relayed
+        reader, writer = await asyncio.open_connection(*lsock.getsockname())
+        writer.write(b"\x00\x01hi\r\n")
+        assert await asyncio.wait_for(reader.readline(), 5) == b"220 ready\r\n"
+        assert await asyncio.wait_for(reader.readline(), 5) == b"250 hello \x00\x01hi\r\n"
+        writer.close()
+        assert kinds == [(OPAQUE, b""), (OPAQUE, b"\x00\x01hi\r\n")]
+        task.cancel()
+        for r in relays:
+            r.cancel()
+        for sock in socks:
+            sock.close()
+        lsock.close()
+        srv.close()
+    run(main())
+
+
+def test_early_answer_to_a_large_upload_reaches_the_client():
+    class EarlyServer(Server):
+        async def _serve(self, reader, writer):
+            self.connections += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbig")
+            await writer.drain()
+            writer.close()
+
+    async def main():
+        server = await EarlyServer().start()
+        proxy = await Proxy(FakeUpstreams({"e": (server.addr, {})})).start()
+        client = await Client(proxy.addr).open()
+        await client.send(b"POST /up HTTP/1.1\r\nhost: web\r\ncontent-length: 4000000\r\n\r\n")
+
+        async def upload():
+            try:
+                for _ in range(100):
+                    await client.send(b"x" * 40000)
+            except ConnectionError:
+                pass
+        up = asyncio.ensure_future(upload())
+        resp, body, _ = await client.response(b"POST")
+        assert resp.status == 413 and body == b"big" and resp.get(b"connection") == b"close"
+        up.cancel()
+        await proxy.stop()
+    run(main())
