@@ -11,10 +11,11 @@ Both movers have the same interface and the status bits of dataplane/pump_py.py:
   bytes never enter userspace. The pipe comes from dataplane.pipes.POOL only while bytes are
   in flight.
 - "auto" (the default): splice, the fastest here for opaque bytes.
-- "copy": recv_into a buffer shared by every connection of the loop, then send; the rest of
-  a partial send is kept per direction. The reference the fast paths are measured against
-  (the relay an asyncio program would write), and proof that the relay logic does not depend
-  on splice.
+- "copy": read into a scratch buffer shared by every connection, then write; the rest of a
+  partial write is kept per direction. The loop is pump.copy (Cython, or its Python twin
+  with GLASSWING_PUMP=python: the relay a plain asyncio program would write). The reference
+  the splice path is measured against, and the one that can read sockets whose bytes a BPF
+  sk_msg program put in the psock queue (splice reads only the TCP receive queue).
 Idle connections hold no pipe and no buffer in either mover.
 """
 import os
@@ -24,7 +25,6 @@ from .pipes import POOL
 
 SRC_EOF, DST_BLOCKED, SRC_DRAINED = _pump.SRC_EOF, _pump.DST_BLOCKED, _pump.SRC_DRAINED
 MODES = ("auto", "splice", "copy")
-COPY_CHUNK = 256 * 1024
 
 
 class SpliceMover:
@@ -63,9 +63,6 @@ class SpliceMover:
             self.pending = 0
 
 
-_shared = bytearray(COPY_CHUNK)  # one event loop thread: one read buffer for all copies
-
-
 class CopyMover:
     __slots__ = ("rest",)
 
@@ -77,35 +74,8 @@ class CopyMover:
         return len(self.rest)
 
     def step(self, src_fd: int, dst_fd: int, budget: int):
-        moved = taken = 0
-        buf = memoryview(_shared)
-        while True:
-            if self.rest:
-                try:
-                    n = os.write(dst_fd, self.rest)
-                except BlockingIOError:
-                    return moved, DST_BLOCKED
-                moved += n
-                self.rest = self.rest[n:]
-                if self.rest:
-                    return moved, DST_BLOCKED
-            if taken >= budget:
-                return moved, 0
-            try:
-                n = os.readv(src_fd, [buf[:min(COPY_CHUNK, budget - taken)]])
-            except BlockingIOError:
-                return moved, SRC_DRAINED
-            if n == 0:
-                return moved, SRC_EOF
-            taken += n
-            try:
-                w = os.write(dst_fd, buf[:n])
-            except BlockingIOError:
-                w = 0
-            moved += w
-            if w < n:
-                self.rest = bytes(buf[w:n])
-                return moved, DST_BLOCKED
+        moved, self.rest, status = _pump.copy(src_fd, dst_fd, self.rest, budget)
+        return moved, status
 
     def release(self) -> None:
         pass

@@ -1,4 +1,7 @@
-"""Byte pump chooser: the Cython pump (dataplane._pump_c) when built, else the Python twin.
+"""Byte pump chooser: the Cython pumps (dataplane._pump_c) when built, else the Python twins.
+
+Two loops, each in both twins: pump() (splice through a pipe, zero copy) and copy() (read
+into a scratch buffer, write).
 
 GLASSWING_PUMP=python forces the Python twin, GLASSWING_PUMP=cython requires the Cython one
 (ImportError if it is not built); unset, empty or "auto" picks Cython when available.
@@ -33,6 +36,7 @@ else:
     IMPL = "cython"
 
 pump = _impl.pump
+copy = _impl.copy
 SRC_EOF = _impl.SRC_EOF
 DST_BLOCKED = _impl.DST_BLOCKED
 SRC_DRAINED = _impl.SRC_DRAINED

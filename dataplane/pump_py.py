@@ -73,3 +73,48 @@ def pump(src_fd: int, dst_fd: int, pipe_r: int, pipe_w: int, pending: int,
             return moved, 0, SRC_EOF
         taken += n
         pending += n
+
+
+COPY_CHUNK = 256 * 1024
+_scratch = bytearray(COPY_CHUNK)  # one buffer for every call: callers hold the GIL
+
+
+def copy(src_fd: int, dst_fd: int, rest: bytes, budget: int) -> tuple[int, bytes, int]:
+    """Move bytes src_fd -> dst_fd through userspace: recv into a scratch buffer, send.
+
+    The recv/send twin of pump(): the same statuses and budget, for sockets a splice cannot
+    read (a socket whose bytes arrive in a BPF psock queue) and as the plain reference.
+    rest: bytes read earlier and not yet written (b"" if none); returned anew, since a partial
+    send leaves the remainder with the caller (the scratch buffer is shared). SRC_EOF and
+    SRC_DRAINED always come with rest == b"", DST_BLOCKED with rest != b"".
+    """
+    if budget < 0:
+        raise ValueError("budget must be >= 0")
+    moved = taken = 0
+    view = memoryview(_scratch)
+    while True:
+        if rest:
+            try:
+                n = os.write(dst_fd, rest)
+            except BlockingIOError:
+                return moved, rest, DST_BLOCKED
+            moved += n
+            rest = rest[n:]
+            if rest:
+                return moved, rest, DST_BLOCKED
+        if taken >= budget:
+            return moved, b"", 0
+        try:
+            n = os.readv(src_fd, [view[:min(COPY_CHUNK, budget - taken)]])
+        except BlockingIOError:
+            return moved, b"", SRC_DRAINED
+        if n == 0:
+            return moved, b"", SRC_EOF
+        taken += n
+        try:
+            w = os.write(dst_fd, view[:n])
+        except BlockingIOError:
+            w = 0
+        moved += w
+        if w < n:
+            return moved, bytes(view[w:n]), DST_BLOCKED

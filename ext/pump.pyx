@@ -1,12 +1,14 @@
 # cython: language_level=3
-"""Splice byte pump, one direction of a TCP connection: src fd -> pipe -> dst fd, zero copy.
+"""Byte pumps, one direction of a TCP connection each: pump() splices src fd -> pipe -> dst
+fd (zero copy), copy() reads into a scratch buffer and writes.
 
-Cython twin of dataplane/pump_py.py: same signature, constants and semantics (that module's
-docstring is the reference). The loop is pump_loop from ext/pump.pxd, run without the GIL.
+Cython twin of dataplane/pump_py.py: same signatures, constants and semantics (that module's
+docstrings are the reference). pump's loop is pump_loop from ext/pump.pxd, run without the GIL.
 """
 
 import os
 
+from libc.errno cimport errno, EAGAIN, EINTR
 from pump cimport (pump_loop, PUMP_SRC_EOF, PUMP_DST_BLOCKED, PUMP_SRC_DRAINED,
                    PUMP_CHUNK)
 
@@ -31,3 +33,63 @@ def pump(int src_fd, int dst_fd, int pipe_r, int pipe_w, Py_ssize_t pending, Py_
     if status < 0:
         raise OSError(err, os.strerror(err))
     return moved, pending, status
+
+
+cdef extern from "unistd.h" nogil:
+    ssize_t read(int fd, void *buf, size_t count)
+    ssize_t write(int fd, const void *buf, size_t count)
+
+COPY_CHUNK = 262144
+cdef char _scratch[262144]  # one buffer for every call: the GIL is held throughout
+
+
+def copy(int src_fd, int dst_fd, bytes rest, Py_ssize_t budget):
+    """Move bytes src_fd -> dst_fd through a scratch buffer: read, write; return
+    (moved, rest, status). Twin of dataplane.pump_py.copy (its docstring is the reference).
+
+    Keeps the GIL (the scratch buffer is shared): the sockets are non-blocking, so no call
+    waits."""
+    if budget < 0:
+        raise ValueError("budget must be >= 0")
+    cdef Py_ssize_t moved = 0, taken = 0, off = 0, left = len(rest)
+    cdef ssize_t n, w
+    cdef size_t want
+    cdef const char *p = rest
+    while left > 0:  # what an earlier call could not write goes first
+        w = write(dst_fd, p + off, <size_t>left)
+        if w < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                return moved, rest[off:], PUMP_DST_BLOCKED
+            raise OSError(errno, os.strerror(errno))
+        moved += w
+        off += w
+        left -= w
+    while True:
+        if taken >= budget:
+            return moved, b"", 0
+        want = <size_t>(budget - taken)
+        if want > sizeof(_scratch):
+            want = sizeof(_scratch)
+        n = read(src_fd, _scratch, want)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                return moved, b"", PUMP_SRC_DRAINED
+            raise OSError(errno, os.strerror(errno))
+        if n == 0:
+            return moved, b"", PUMP_SRC_EOF
+        taken += n
+        off = 0
+        while off < n:
+            w = write(dst_fd, _scratch + off, <size_t>(n - off))
+            if w < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN:
+                    return moved, _scratch[off:n], PUMP_DST_BLOCKED
+                raise OSError(errno, os.strerror(errno))
+            moved += w
+            off += w

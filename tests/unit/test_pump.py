@@ -559,3 +559,113 @@ def test_make_pipe():
         assert pipe_capacity(w) >= 65536  # 1 MiB when permitted
     finally:
         chooser.close_pipe(r, w)
+
+
+# --- copy(): the recv/send loop, in both twins ------------------------------------------------
+
+class CopyRelay:
+    """One direction B -> C through copy(), with the invariants checked on every call."""
+
+    def __init__(self, mod, src, dst, budget=1 << 20):
+        self.mod, self.src, self.dst, self.budget = mod, src, dst, budget
+        self.rest, self.total = b"", 0
+
+    def step(self, budget=None):
+        m = self.mod
+        budget = self.budget if budget is None else budget
+        before = self.rest
+        moved, rest, status = m.copy(self.src.fileno(), self.dst.fileno(), before, budget)
+        assert isinstance(rest, bytes)
+        assert status in (0, m.SRC_EOF, m.DST_BLOCKED, m.SRC_DRAINED)
+        assert bool(rest) == (status == m.DST_BLOCKED)
+        taken = moved + len(rest) - len(before)
+        assert 0 <= taken <= budget and len(rest) <= m.COPY_CHUNK
+        if status == 0:
+            assert taken == budget
+        self.rest, self.total = rest, self.total + moved
+        return moved, rest, status
+
+    def run(self):
+        m = self.mod
+        sel = selectors.DefaultSelector()
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            while True:
+                _, _, status = self.step()
+                if status == m.SRC_EOF:
+                    self.dst.shutdown(socket.SHUT_WR)
+                    return
+                if status == 0:
+                    continue
+                sock, ev = ((self.dst, selectors.EVENT_WRITE) if status == m.DST_BLOCKED
+                            else (self.src, selectors.EVENT_READ))
+                sel.register(sock, ev)
+                sel.select(timeout=1.0)
+                sel.unregister(sock)
+                assert time.monotonic() < deadline, "copy relay did not reach EOF"
+        finally:
+            sel.close()
+
+
+@pytest.mark.parametrize("size,budget", [(0, 1 << 20), (1, 1 << 20), (65537, 1 << 20),
+                                         (8 << 20, 1 << 20), (1 << 20, 10_000)])
+def test_copy_payload_arrives_byte_for_byte(twin, conns, size, budget):
+    a, b, c, d = conns()
+    data = payload(size, seed=size + 1)
+    writer = threading.Thread(target=lambda: (a.sendall(data), a.shutdown(socket.SHUT_WR)), daemon=True)
+    reader = Reader(d)
+    writer.start()
+    reader.start()
+    CopyRelay(twin, b, c, budget).run()
+    writer.join(TIMEOUT)
+    assert reader.data() == data
+
+
+def test_copy_keeps_what_a_blocked_destination_did_not_take(twin):
+    """dst stops reading: copy returns DST_BLOCKED with the unwritten rest, writes it first
+    on the next call, and nothing is lost or doubled."""
+    a, b = tcp_pair()
+    c, d = tcp_pair(rcvbuf=4096)
+    try:
+        for s in (b, c):
+            s.setblocking(False)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = payload(2 << 20, seed=9)
+        threading.Thread(target=lambda: (a.sendall(data), a.shutdown(socket.SHUT_WR)), daemon=True).start()
+        relay = CopyRelay(twin, b, c)
+        statuses = set()
+        for _ in range(200):  # d reads nothing yet: the relay must block with a rest
+            _, rest, status = relay.step()
+            statuses.add(status)
+            if status == twin.DST_BLOCKED:
+                break
+            wait_poll(b, select.POLLIN, "bytes from A")
+        assert twin.DST_BLOCKED in statuses and relay.rest
+        reader = Reader(d)
+        reader.start()
+        relay.run()
+        assert reader.data() == data and relay.total == len(data)
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+
+
+def test_copy_reports_a_reset_source(twin):
+    a, b = tcp_pair()
+    c, d = tcp_pair()
+    try:
+        b.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        a.close()
+        wait_poll(b, select.POLLIN, "the reset")
+        with pytest.raises(ConnectionResetError):
+            twin.copy(b.fileno(), c.fileno(), b"", 1 << 20)
+    finally:
+        for s in (b, c, d):
+            s.close()
+
+
+def test_copy_twins_agree_on_constants_and_bad_budget(twin):
+    assert twin.COPY_CHUNK == 256 * 1024
+    with pytest.raises(ValueError):
+        twin.copy(0, 1, b"", -1)

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from dataplane import movers, pipes, pump as chooser
+from dataplane import movers, pipes, pump as chooser, pump_py
 from dataplane.poller import Poller
 from dataplane.relay import Relay
 
@@ -22,14 +22,13 @@ from .test_pump import _twin, tcp_pair
 TIMEOUT = 30.0
 
 
-@pytest.fixture(params=["splice-cython", "splice-python", "copy"])
+@pytest.fixture(params=["splice-cython", "splice-python", "copy-cython", "copy-python"])
 def mode(request, monkeypatch):
-    name = request.param
-    if name.startswith("splice-"):
-        twin = _twin(name.split("-", 1)[1])
-        monkeypatch.setattr(movers._pump, "pump", twin.pump)
-        return "splice"
-    return "copy"
+    mode, twin = request.param.split("-")
+    twin = _twin(twin)
+    monkeypatch.setattr(movers._pump, "pump", twin.pump)
+    monkeypatch.setattr(movers._pump, "copy", twin.copy)
+    return mode
 
 
 @pytest.fixture
@@ -186,7 +185,7 @@ def test_idle_connections_hold_no_pipe_and_a_stalled_reader_bounds_the_relay(mod
             s.close()
     assert idle_lent == 0
     assert sent < 2000 * 65536  # the writer blocked: back-pressure reached it
-    assert stalled_pending <= max(chooser.PIPE_SIZE, movers.COPY_CHUNK)
+    assert stalled_pending <= max(chooser.PIPE_SIZE, pump_py.COPY_CHUNK)
     assert received == sent
     assert pool.lent == 0
 
