@@ -15,7 +15,7 @@ PROTOS := $(wildcard dataplane/proto/*.proto)
 PB2    := $(PROTOS:.proto=_pb2.py)
 PYX    := $(wildcard ext/*.pyx)
 
-build: install $(PB2) $(VENV)/bin/glasswing .build-ext
+build: install $(PB2) $(VENV)/bin/glasswing .build-ext build/loadgen
 
 dataplane/proto/%_pb2.py: dataplane/proto/%.proto
 	$(PY) -m grpc_tools.protoc -I dataplane/proto --python_out=dataplane/proto $<
@@ -24,6 +24,12 @@ $(VENV)/bin/glasswing: setup.py
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . 2>&1 \
 	  | grep -v -e '^ *$$' -e 'Editable installation' -e '\*\*\*' -e '!!' -e 'working directory' -e 'may take precedence' -e 'wheel_obj' || true
 	test -x $@
+
+# the open-loop HTTP load generator of `glasswing bench http` (C: its own overhead stays
+# far below the latencies it measures)
+build/loadgen: ext/loadgen/loadgen.c
+	mkdir -p build
+	gcc -O2 -Wall -Wextra -o $@ $<
 
 .build-ext: $(PYX) $(wildcard ext/*.pxd) setup.py
 	$(PY) setup.py -q build_ext --inplace

@@ -30,16 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="two simulated nodes, a request and iperf3 through the mesh")
     demo.add_argument("--seconds", type=int, default=5, help="iperf3 run length")
 
-    bench = sub.add_parser("bench", help="benchmarks measured in one run").add_subparsers(dest="sub", required=True)
-    bd = bench.add_parser("datapath", help="iperf3 and sockperf: direct, mesh and HAProxy, same node and two nodes")
-    bd.add_argument("--quick", action="store_true", help="fewer and shorter runs")
-    bd.add_argument("--out", default="bench-results", help="directory for bench.json and bench.svg")
+    bp = sub.add_parser("bench", help="benchmarks measured in one run (no subcommand: datapath)")
+    bp.add_argument("--quick", action="store_true", help="datapath: fewer and shorter runs")
+    bp.add_argument("--out", default="bench-results", help="datapath: directory for bench.json and bench.svg")
+    bench = bp.add_subparsers(dest="sub")
+    bd = bench.add_parser("datapath", help="iperf3, sockperf and wrk: direct, mesh, socket lb and HAProxy, "
+                                           "same node and two nodes")
+    # SUPPRESS: `bench --quick datapath` and `bench datapath --quick` mean the same
+    bd.add_argument("--quick", action="store_true", default=argparse.SUPPRESS, help="fewer and shorter runs")
+    bd.add_argument("--out", default=argparse.SUPPRESS, help="directory for bench.json and bench.svg")
     bc = bench.add_parser("connections", help="the IM case: many long-lived connections and new connections/s")
     bc.add_argument("--connections", type=int, default=10000, help="long-lived connections to hold")
     bc.add_argument("--hold", type=float, default=30.0, help="seconds to hold them")
     bc.add_argument("--period", type=float, default=5.0, help="seconds between messages per connection")
     bc.add_argument("--quick", action="store_true", help="fewer and smaller rate runs")
     bc.add_argument("--out", default="bench-results", help="directory for connections.json")
+    bh = bench.add_parser("http", help="HTTP latency the mesh adds at a fixed rate (open loop), and forwarder CPU")
+    bh.add_argument("--rate", type=float, default=1000.0, help="requests per second")
+    bh.add_argument("--connections", type=int, default=16, help="keep-alive connections")
+    bh.add_argument("--seconds", type=float, default=20.0, help="length of one run")
+    bh.add_argument("--runs", type=int, default=5, help="runs per path (the median is reported)")
+    bh.add_argument("--quick", action="store_true", help="3 runs of 10 seconds")
+    bh.add_argument("--out", default="bench-results", help="directory for http_latency.json")
     br = bench.add_parser("registry", help="config-to-kernel latency and a big registry, per store backend")
     br.add_argument("--backend", choices=("file", "etcd", "both"), default="both")
     br.add_argument("--services", type=int, default=10000)
@@ -84,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     svc = sub.add_parser("service", help="services").add_subparsers(dest="sub", required=True)
     s = svc.add_parser("add", help="a service with a VIP from 198.19.0.0/16")
     s.add_argument("name")
-    s.add_argument("--port", action="append", default=[], metavar="PORT[:TARGET]", required=True)
+    s.add_argument("--port", action="append", default=[], metavar="PORT[:TARGET][/PROTO]", required=True,
+                   help="PROTO is http (HTTP/1.1 proxy) or tcp (opaque L4); without it each "
+                        "connection is sniffed for HTTP/1.1")
     s.add_argument("--endpoint", action="append", default=[], metavar="POD[:PORT]")
     s.add_argument("--selector", action="append", default=[], metavar="K=V")
     s.add_argument("--vip", help="service address (default: next free)")
@@ -151,7 +165,7 @@ def run(args):
     elif cmd == "demo":
         from dataplane.demo import run_demo
         return run_demo(seconds=args.seconds)
-    elif cmd == "bench" and sub == "datapath":
+    elif cmd == "bench" and sub in (None, "datapath"):
         ctl.require_root()
         from dataplane import bench
         bench.run(args.quick, args.out)
@@ -162,6 +176,15 @@ def run(args):
                 raise GlasswingError(f"--{name} must be positive, not {getattr(args, name)}")
         from dataplane import bench_connections
         bench_connections.run(args.quick, args.connections, args.hold, args.period, args.out)
+    elif cmd == "bench" and sub == "http":
+        ctl.require_root()
+        for name in ("rate", "connections", "seconds", "runs"):
+            if getattr(args, name) <= 0:
+                raise GlasswingError(f"--{name} must be positive, not {getattr(args, name)}")
+        if args.quick:
+            args.runs, args.seconds = 3, 10.0
+        from dataplane import bench_http_latency
+        bench_http_latency.run(args.rate, args.connections, args.seconds, args.runs, args.out)
     elif cmd == "bench":
         ctl.require_root()
         from dataplane import bench_registry
@@ -186,6 +209,10 @@ def _print_status(s):
     print(f"forwarder for node {s['node']}: running, pid {s['pid']}, store revision {s['revision']}")
     print(f"  pods: {', '.join(s['pods']) or '-'}; services: {s['services']}; "
           f"connections: {s['connections']}; relay: {s['relay']} ({s.get('pump')} pump), pipes lent: {s.get('pipes', {}).get('lent')}")
+    h = s.get("http") or {}
+    if h.get("requests"):
+        print(f"  http: {h['requests']} requests, {h.get('retries', 0)} retries, "
+              f"{h.get('pool_reuses', 0)} pooled reuses, {h.get('switched', 0)} upgrades")
     for k, v in (s.get("errors") or {}).items():
         print(f"  error: {k}: {v}")
 
@@ -273,13 +300,19 @@ def _pod(ctl, args, sub):
         emit(doc["pods"], args.json, lambda _: table(rows, ["POD", "NODE", "ADDRESS", "NETNS", "LABELS", "FAIL"]))
 
 
+def _ports(ports, arrow, sep) -> str:
+    """80->8080/http: the port mappings with their declared protocol (none: sniffed)."""
+    return sep.join(f"{m['port']}{arrow}{m['target']}" + (f"/{m['protocol']}" if m.get("protocol") else "")
+                    for m in ports)
+
+
 def _service(ctl, args, sub):
     from dataplane import names
     if sub == "add":
         rec = ctl.service_add(args.name, ports=args.port, endpoints=args.endpoint,
                               selector=names.labels(args.selector) or None, vip=args.vip,
                               socket_lb=args.socket_lb)
-        ports = ", ".join(f"{m['port']}->{m['target']}" for m in rec["ports"])
+        ports = _ports(rec["ports"], "->", ", ")
         emit(rec, args.json, lambda r: print(f"service {args.name}: {r['vip']} ports {ports}"))
     elif sub == "rm":
         ctl.service_rm(args.name)
@@ -289,6 +322,6 @@ def _service(ctl, args, sub):
         rows = []
         for n, s in sorted(doc["services"].items()):
             eps = {f"{p}:{port}" for m in s["ports"] for p, _r, port in svcs.endpoints(doc, s, m)}
-            rows.append([n, s["vip"], ",".join(f"{m['port']}:{m['target']}" for m in s["ports"]),
+            rows.append([n, s["vip"], _ports(s["ports"], ":", ","),
                          ",".join(sorted(eps)) or "-"])
         emit(doc["services"], args.json, lambda _: table(rows, ["SERVICE", "VIP", "PORTS", "ENDPOINTS"]))

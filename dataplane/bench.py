@@ -64,8 +64,8 @@ class Bench:
         self.server2 = lab.pod("server2", "n2")
         for name in ("server", "server2"):
             for port in (IPERF_PORT, SOCKPERF_PORT, HTTP_PORT):
-                lab.service(f"{name}-{port}", ports=[str(port)], endpoints=[name])
-                lab.service(f"{name}-{port}-lb", ports=[str(port)], endpoints=[name], socket_lb=True)
+                lab.service(f"{name}-{port}", ports=[f"{port}/tcp"], endpoints=[name])
+                lab.service(f"{name}-{port}-lb", ports=[f"{port}/tcp"], endpoints=[name], socket_lb=True)
         lab.up("n1")
         lab.up("n2")
         self.vips = {s["name"]: s["vip"] for s in lab.doc["services"].values()}

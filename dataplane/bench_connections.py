@@ -64,8 +64,8 @@ class ConnBench:
         lab.pod("client", "n1")
         lab.pod("server", "n1")
         lab.pod("server2", "n2")
-        lab.service("echo", ports=[str(PORT)], endpoints=["server"])
-        lab.service("echo2", ports=[str(PORT)], endpoints=["server2"])
+        lab.service("echo", ports=[f"{PORT}/tcp"], endpoints=["server"])
+        lab.service("echo2", ports=[f"{PORT}/tcp"], endpoints=["server2"])
         lab.up("n1")
         lab.up("n2")
         doc = lab.doc

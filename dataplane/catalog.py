@@ -34,6 +34,7 @@ class ServicePort:
     target: int
     endpoints: list = field(default_factory=list)
     socket_lb: bool = False  # connect4 picks endpoints; no forwarder on the path
+    protocol: str = ""    # "": sniff each connection; "tcp": opaque L4; "http": HTTP/1.1
 
 
 class Catalog:
@@ -47,7 +48,7 @@ class Catalog:
             ns, name = svc.get("namespace", "default"), svc.get("name", key)
             self.vips[(ns, name)] = svc["vip"]
             for m in svc["ports"]:
-                sp = ServicePort(key, m["port"], m["target"],
+                sp = ServicePort(key, m["port"], m["target"], protocol=m.get("protocol") or "",
                                  socket_lb=svc.get("labels", {}).get(SOCKET_LB_LABEL) == "socket")
                 self.by_vip[(svc["vip"], m["port"])] = sp
                 self.by_name[(key, m["port"])] = sp

@@ -11,9 +11,10 @@ A document looks like a Kubernetes object:
 Field names are camelCase (the proto3 JSON names of the proto's snake_case fields). Validation is
 strict: an unknown field, a wrong type or a bad value anywhere refuses the document with a
 ConfigError of one line, `FILE: document N: FIELD.PATH: REASON`. A valid document becomes a
-protobuf message with its defaults filled in (namespace "default", targetPort = port, protocol
-"tcp", weights 1, health "unknown", loadBalancer "round_robin", health check and outlier
-detection timings, rate limit burst, upstream DNS port 53), so readers never need the defaults.
+protobuf message with its defaults filled in (namespace "default", targetPort = port, weights 1, health "unknown", loadBalancer "round_robin", health check and outlier
+detection timings, rate limit burst, upstream DNS port 53, fault abortStatus 503), so readers never need the defaults. One field
+keeps "" on purpose: ServicePort.protocol omitted means undeclared (sniffed per connection),
+which differs from an explicit "tcp" (opaque, never sniffed).
 
 Checking happens in two passes over a copy of the document: the first follows the protobuf
 descriptors (known fields, types, per-field ranges and enumerations); the second applies the
@@ -82,6 +83,10 @@ _RANGES = {
     "WeightedTarget.weight": (0, 100),
     "RetryPolicy.attempts": (1, 10),
     "RetryPolicy.per_try_timeout_ms": (1, _UINT32_MAX),
+    "Fault.delay_ms": (1, _UINT32_MAX),
+    "Fault.delay_percent": (0, 100),
+    "Fault.abort_status": (200, 599),
+    "Fault.abort_percent": (0, 100),
     "TrafficPolicySpec.connect_timeout_ms": (1, _UINT32_MAX),
     "TrafficPolicySpec.idle_timeout_ms": (1, _UINT32_MAX),
     "TrafficPolicySpec.max_connections": (1, _UINT32_MAX),
@@ -269,6 +274,10 @@ def _shape_single(value, field, path):
                 raise _Invalid(path, f"must be at least {lo}, got {value}")
             raise _Invalid(path, f"{value} is out of range {lo}-{hi}")
         return value
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        if not isinstance(value, bool):
+            raise _Invalid(path, f"expected true or false, got {_describe(value)}")
+        return value
     raise AssertionError(f"config.proto field type {field.type} of {fid} is not handled")
 
 
@@ -347,7 +356,7 @@ def _check_service(spec, path):
             raise _Invalid(f"{pp}.port", f"duplicate port {number} (also {by_port[number]})")
         by_port[number] = pp
         p.setdefault("targetPort", number)
-        p.setdefault("protocol", "tcp")
+        # no protocol default: "" (undeclared) means sniff each connection, unlike "tcp"
     if "selector" in spec and "endpoints" in spec:
         raise _Invalid(_sub(path, "selector"), "selector and endpoints are mutually exclusive")
     if "selector" in spec:
@@ -435,6 +444,12 @@ def _check_route(spec, path):
             if per_try and timeout and per_try > timeout:
                 raise _Invalid(f"{rtp}.perTryTimeoutMs", f"{per_try} exceeds the rule's timeoutMs ({timeout})")
         _headers(rule.get("setHeaders", {}), f"{rp}.setHeaders")
+        if "fault" in rule:
+            fault, fp = rule["fault"], f"{rp}.fault"
+            if fault.get("delayPercent") and not fault.get("delayMs"):
+                raise _Invalid(_sub(fp, "delayMs"), "required with delayPercent")
+            if fault.get("abortPercent"):
+                fault.setdefault("abortStatus", 503)
 
 
 def _check_match(match, path):

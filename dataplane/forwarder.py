@@ -5,6 +5,27 @@ attachments, the pinned maps, a listener on 127.0.0.1:15001 inside each
 pod's namespace, the tunnel listener on NODE_IP:15008, its own cgroup, the
 pidfile and the admin socket. It watches the store and reconciles pods and
 maps with it without restarting.
+
+An outbound connection is served by the declared protocol of its service
+port (catalog.ServicePort.protocol, from the ServicePort's `protocol`):
+  "tcp"   opaque L4: admitted, balanced and retried per connection, relayed
+          raw at once (the fast path: nothing waits for the client's bytes).
+  "http"  HTTP/1.1 (http_proxy.HttpSession): routes, splits, retries,
+          timeouts, rate limit, faults and the breaker apply per request.
+  ""      undeclared: http_proxy.detect() reads the client's first bytes for
+          at most http_sniff.SNIFF_DEADLINE (100 ms). HTTP/1.1 goes to a
+          session; anything else, including a server-first protocol
+          (PostgreSQL, SMTP, a greeting echo server) whose client sends
+          nothing, is relayed opaque with the sniffed bytes passed on first.
+A client-first non-HTTP protocol is decided on its first bytes, so only
+server-first protocols pay the deadline, once per connection.
+
+HTTP sessions reach endpoints through MeshUpstreams (the same balancer,
+outlier detector and tunnel as L4) and share one UpstreamPool of idle
+upstream connections. Their policy (http_proxy.ServicePolicy) is rebuilt
+from the Route and TrafficPolicy objects on every reconcile and asked per
+request, so `glasswing apply` changes routing without a restart; a 101
+(WebSocket) or a 2xx to CONNECT hands both sockets to a raw Relay.
 """
 import asyncio
 import json
@@ -35,6 +56,12 @@ from .streams import StreamRejected, connect_in_pod, dial, open_tunnel, read_pre
 from . import dns_names, registry
 from .policy import Policies
 from .dns_resolver import Resolver
+from .http_exchange import BAD_RESPONSE, TIMEOUT
+from .http_pool import UpstreamPool
+from .http_proxy import (HTTP, ConnectFailed, HttpSession, HttpSettings, NoEndpoint, detect,
+                         new_metrics)
+from .http_proxy import ServicePolicy as HttpPolicy
+from .http_route import CONNECT_FAILURE, RESET, RouteTable, subset_matches
 from .health import Checker
 from .kv import Compacted, Txn
 from .kv_open import open_kv
@@ -107,9 +134,14 @@ class Forwarder:
         self.stopping = asyncio.Event()
         self.stats = {"accepted": 0, "reset": 0, "tunnel_in": 0, "rejected": 0,
                       **{f"refused_{r}": 0 for r in REFUSALS},
-                      "connect_failures": 0, "connect_retries": 0, "outlier_ejections": 0, "idle_closed": 0}
+                      "connect_failures": 0, "connect_retries": 0, "outlier_ejections": 0, "idle_closed": 0,
+                      "sniffed_http": 0, "sniffed_opaque": 0, "http_sessions": 0}
         self.errors = {}
         self.servers = []
+        self.routes = {}  # service key -> http_route.RouteTable, from the Route objects
+        self.http_policies = {}  # (service, port) -> HttpPolicy, made on first use per reconcile
+        self.http_pool = None  # idle upstream HTTP connections, made with the first session
+        self.http_metrics = new_metrics()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -155,6 +187,8 @@ class Forwarder:
             r.abort()
         if self.poller:
             self.poller.close()
+        if self.http_pool:
+            self.http_pool.close()
         for checker, _check in self.checkers.values():
             checker.stop()
         for name in list(self.pods):
@@ -269,6 +303,34 @@ class Forwarder:
         self.catalog = catalog
         node = self.doc["nodes"].get(self.node) or {}
         self.policies.update(catalog, self.doc, local_zone=node.get("zone", ""))
+        self.routes = self._route_tables(self.doc)
+        self.http_policies = {}  # sessions ask per request, so the next request sees the change
+
+    def _route_tables(self, doc) -> dict:
+        """{service key: RouteTable}. A Route names a service of its own namespace; when two
+        name the same one, the first by key wins (as for TrafficPolicy)."""
+        tables = {}
+        for rkey in sorted(doc["config"].get("route", {})):
+            msg = doc["config"]["route"][rkey]
+            skey = f"{rkey.split('/', 1)[0]}/{msg.spec.service}"
+            if skey in tables:
+                continue
+            try:
+                tables[skey] = RouteTable(msg.spec)
+                self.errors.pop(f"route {rkey}", None)
+            except Exception as e:  # noqa: BLE001 - a bad route must not stop the others
+                self.errors[f"route {rkey}"] = str(e)
+        return tables
+
+    def _http_policy(self, service: str, port: int) -> HttpPolicy:
+        """The current HTTP policy of a service port: asked by sessions per request."""
+        hp = self.http_policies.get((service, port))
+        if hp is None:
+            svc = self.policies.port(service, port).service
+            hp = self.http_policies[(service, port)] = HttpPolicy(
+                routes=self.routes.get(service), rate_limit=svc.bucket,
+                retry_budget=svc.budget, breaker=svc.breaker)
+        return hp
 
     async def _sweep(self):
         """Now and then: close relays idle past their service's idle timeout,
@@ -324,6 +386,9 @@ class Forwarder:
                                              "node": self.node, "ip": rec["ip"], "port": port,
                                              "health": health,
                                              "zone": static.get(pod, {}).get("zone") or rec.get("zone") or zone,
+                                             # subsets (canary splits) select by these
+                                             "labels": {**(rec.get("labels") or {}),
+                                                        **(static.get(pod, {}).get("labels") or {})},
                                              "weight": static.get(pod, {}).get("weight") or 1},
                                             sort_keys=True).encode()
         self._sync_checkers(checks)
@@ -426,6 +491,47 @@ class Forwarder:
         sp = self.catalog.service_port(*dst)
         if sp is None:
             return self._refuse(conn, "no_service", f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
+        prefix = b""
+        if sp.protocol != "tcp":
+            kind = HTTP
+            if sp.protocol != "http":
+                kind, prefix = await detect(conn)
+                self.stats[f"sniffed_{kind}"] += 1
+                sp = self.catalog.service_port(*dst)  # the store may have changed meanwhile
+                if sp is None:
+                    return self._refuse(conn, "no_service", f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
+            if kind == HTTP:
+                return await self._http(pod, conn, sp, dst, prefix)
+        await self._opaque(pod, conn, sp, dst, prefix)
+
+    async def _http(self, pod, conn, sp, dst, prefix):
+        """Serve one client connection as HTTP/1.1 until it closes or switches protocols."""
+        self.stats["http_sessions"] += 1
+        if self.http_pool is None:
+            self.http_pool = UpstreamPool(asyncio.get_running_loop())
+        name, port = sp.service, sp.port
+        upstreams = MeshUpstreams(self, pod, dst, source_key(pod, conn))
+
+        def on_switch(client, upstream, to_upstream, to_client):
+            """After a 101 (WebSocket) or a 2xx to CONNECT: raw bytes both ways from now on,
+            for as long as the app keeps the connection (idle timeout only if configured)."""
+            ep = upstreams.last[1] if upstreams.last else None
+            try:
+                self._relay(client, upstream, (name, ep, secrets.token_hex(16), pod.name),
+                            to_b=to_upstream, to_a=to_client)
+            except Exception as e:  # noqa: BLE001 - this connection fails, the forwarder goes on
+                upstream.close()
+                self._reset(client, f"service {name}: relay after upgrade failed to start: {e}")
+
+        session = HttpSession(conn, name, port, upstreams, prefix=prefix,
+                              policy=lambda: self._http_policy(name, port), pool=self.http_pool,
+                              settings=HTTP_SETTINGS, on_switch=on_switch, metrics=self.http_metrics,
+                              rng=self.policies.rng)
+        await session.run()
+
+    async def _opaque(self, pod, conn, sp, dst, to_upstream=b""):
+        """An L4 connection: admitted, connected (with retries) and relayed raw; to_upstream
+        holds the client bytes read while sniffing, sent upstream first."""
         name = sp.service
         port = self.policies.port(name, sp.port)
         refused = port.service.admit()
@@ -445,7 +551,8 @@ class Forwarder:
             return self._refuse(conn, to_app[0], to_app[1])
         self.attempts[trace] = (conn, attempt)
         try:
-            self._relay(conn, upstream, (name, attempt.endpoint, trace, pod.name), to_a=to_app)
+            self._relay(conn, upstream, (name, attempt.endpoint, trace, pod.name),
+                        to_b=to_upstream, to_a=to_app)
         except Exception as e:  # noqa: BLE001 - this connection fails, the forwarder goes on
             self.attempts.pop(trace, None)
             attempt.close()
@@ -606,7 +713,93 @@ class Forwarder:
                 "pods": sorted(self.pods), "services": len(self.doc["services"]),
                 "connections": len(self.relays), "relay": self.relay_mode, "pump": IMPL,
                 "pipes": {"lent": POOL.lent, "idle": len(POOL.idle)}, "stats": self.stats,
+                "http": {**self.http_metrics,
+                         "pool": dict(self.http_pool.stats, idle=self.http_pool.idle())
+                         if self.http_pool else {}},
                 "map_updates": self.maps.updates if self.maps else 0, "errors": self.errors}
+
+
+# HTTP sessions: client-side deadlines and buffers (http_proxy.HttpSettings' defaults: a head
+# within 10 s, keep-alive clients idle up to 300 s, retried request bodies up to 64 KiB).
+HTTP_SETTINGS = HttpSettings()
+
+
+class MeshUpstreams:
+    """http_proxy's Upstreams for one client connection of a pod: endpoints from the current
+    catalog (so a store change applies to the next request), picked by the service port's
+    policy state (the balancer and outlier detector L4 uses too), reached like L4 connections
+    (in-pod connect for local endpoints, the tunnel for remote ones).
+
+    A key is (source pod, Endpoint): the shared pool never hands a connection opened for one
+    pod's identity to another. Outlier detection at L7 counts connect failures, resets,
+    timeouts (so a slow endpoint is ejected through per-try timeouts), malformed responses and
+    5xx answers; any other answer is a success."""
+
+    def __init__(self, fwd, pod, dst, hash_key):
+        self.fwd, self.pod, self.dst, self.hash_key = fwd, pod, dst, hash_key
+        self.picked = {}  # key -> [balancer that counted the pick, ...], released by report()
+        self.last = None
+
+    def pick(self, service, port, subset, exclude):
+        fwd = self.fwd
+        sp = fwd.catalog.by_name.get((service, port))
+        eps = sp.endpoints if sp is not None else ()
+        if subset:
+            eps = [e for e in eps if subset_matches(e.labels, subset)]
+        if not eps:
+            raise NoEndpoint(f"{service}:{port}")
+        pp = fwd.policies.port(service, port)
+        tried = {k[1] for k in exclude}
+        cands = [e for e in eps if e not in tried] or list(eps)
+        if pp.outlier is not None or pp.zone.local_zone:
+            cands = pp.zone.candidates(cands) or cands
+        balancer = pp.balancer
+        ep = balancer.pick(cands, key=self.hash_key if pp.settings.load_balancer == "ring_hash" else None)
+        if ep is None:
+            raise NoEndpoint(f"{service}:{port}")
+        key = self.last = (self.pod.name, ep)
+        self.picked.setdefault(key, []).append(balancer)
+        return key
+
+    async def connect(self, key):
+        fwd = self.fwd
+        _pod, ep = key
+        sp = fwd.catalog.service_port(*self.dst)
+        if sp is None or self.pod.name not in fwd.pods:
+            raise ConnectFailed("the service or the client's pod is gone")
+        try:
+            return await fwd._open(self.pod, sp, self.dst, ep, secrets.token_hex(16),
+                                   fwd.policies.settings(sp.service).connect_timeout)
+        except (StreamRejected, tc.PreambleError, KeyError, asyncio.TimeoutError) as e:
+            fwd.stats["connect_failures"] += 1
+            raise ConnectFailed(f"{ep.pod or ep.ip}:{ep.port}: {e or type(e).__name__}") from None
+        except OSError:
+            fwd.stats["connect_failures"] += 1
+            raise
+
+    def report(self, key, outcome):
+        """How a try on key ended (http_exchange.Tries._report)."""
+        held = self.picked.get(key)
+        if held:
+            held.pop().release(key[1])
+            if not held:
+                del self.picked[key]
+        if outcome is None:
+            return
+        ep = key[1]
+        sp = self.fwd.catalog.service_port(*self.dst)
+        if sp is None:
+            return
+        pp = self.fwd.policies.port(sp.service, sp.port)
+        if pp.outlier is None:
+            return
+        failed = outcome in (CONNECT_FAILURE, RESET, TIMEOUT, BAD_RESPONSE) or \
+            (isinstance(outcome, int) and outcome >= 500)
+        if not failed:
+            pp.outlier.success(ep.addr)
+        elif pp.outlier.failure(ep.addr, total=len(pp.endpoints or sp.endpoints)):
+            self.fwd.stats["outlier_ejections"] += 1
+            log.info("service %s: endpoint %s:%d ejected (HTTP %s)", sp.service, ep.ip, ep.port, outcome)
 
 
 # Why the forwarder resets an app's new connection; each is counted in

@@ -121,7 +121,7 @@ class Exchange:
     __slots__ = ("request", "method", "rule", "subset", "head", "writer", "replay", "body_done",
                  "pump", "client_error", "upstream_write_error", "keep_alive", "upgrade",
                  "head_only", "marked_safe", "may_replay", "retries", "tried", "informational",
-                 "committed", "handed", "request_id", "budget", "watch_client")
+                 "committed", "handed", "request_id", "budget", "watch_client", "status")
 
     def __init__(self, request, rule):
         self.request = request
@@ -148,6 +148,7 @@ class Exchange:
         self.request_id = None
         self.budget = None
         self.watch_client = True
+        self.status = None  # the current try's final response status
 
 
 # --- the tries ---------------------------------------------------------------------------
@@ -250,7 +251,40 @@ class Tries:
         return await self._local(ex, 502, f"upstream of service {name} answered {f.outcome} and "
                                  "no endpoint was left to retry", UPSTREAM_ERROR)
 
+    def _report(self, key, outcome):
+        """Tell the Upstreams, if it listens (an optional report(key, outcome) method), how a
+        try on key ended: a response status, or CONNECT_FAILURE, RESET, TIMEOUT, BAD_RESPONSE, or
+        None when the try says nothing about the endpoint (cancelled, a stale pooled connection).
+        Called once per pick. The forwarder releases the balancer's pick and feeds outlier
+        detection from it."""
+        report = getattr(self.upstreams, "report", None)
+        if report is not None:
+            try:
+                report(key, outcome)
+            except Exception:  # noqa: BLE001 - bookkeeping must not break the request
+                log.exception("upstreams.report")
+
     async def _try(self, ex, key, fresh, try_deadline, route_deadline) -> bool:
+        outcome = RESET  # ClientFailed and OSError after the head: the exchange broke
+        ex.status = None
+        try:
+            result = await self._try_once(ex, key, fresh, try_deadline, route_deadline)
+            outcome = ex.status if ex.status is not None else outcome
+            return result
+        except TryFailed as f:
+            # a pooled connection that died as it was reused says nothing about the endpoint
+            outcome = None if f.stale else f.outcome
+            raise
+        except ClientFailed:
+            outcome = ex.status  # the client's doing, not the endpoint's
+            raise
+        except asyncio.CancelledError:
+            outcome = None
+            raise
+        finally:
+            self._report(key, outcome)
+
+    async def _try_once(self, ex, key, fresh, try_deadline, route_deadline) -> bool:
         conn = None if fresh else self.pool.take(key)
         keep_conn = False
         try:
@@ -263,7 +297,7 @@ class Tries:
                     response = await self._send_and_read_head(ex, conn)
             except TimeoutError:
                 raise TryFailed(TIMEOUT, "per-try or route timeout") from None
-            status = response.status
+            status = ex.status = response.status
             if status >= 300 and not ex.upgrade and self._may_retry(ex, status, route_deadline):
                 raise TryFailed(status, f"upstream answered {status}", allowed=True)
             try:

@@ -31,7 +31,8 @@ What the forwarder provides (nothing here knows the catalog, the kernel or the t
     metrics     a dict of counters, shared or per session (see _count calls; new_metrics()).
 
 One request, in order: parse (RequestParser), trace headers (traceparent, x-request-id),
-route (no matching rule: 404), rate limit (429), fault injection (delay, abort), then tries:
+route (no matching rule: 404), rate limit (429), fault injection (delay, abort; the matched
+rule's fault, else the service's), circuit breaker (503 circuit_open), then tries:
 pick an endpoint, reuse or open a connection, send the head and stream the body, read the
 response head, and either retry or stream the response to the client. The tries, retries,
 timeouts and streaming are http_exchange.py's; this module admits requests and owns the
@@ -79,6 +80,7 @@ log = logging.getLogger("glasswing.http")
 
 # x-glasswing-reason values beyond http_route's (and http_exchange's)
 HEADER_TIMEOUT = "request_header_timeout"
+OVERFLOW = "circuit_open"  # the service's circuit breaker refused the request
 NOT_SUPPORTED = "not_supported"
 
 LINGER_BYTES = 256 * 1024  # read and dropped at most while closing after an error
@@ -161,6 +163,8 @@ class ServicePolicy:
     fault: object = None  # http_route.FaultInjection
     retry_budget: object = None  # retry_budget.RetryBudget, one per service; None: unlimited
     safe_methods: frozenset = frozenset()  # methods retried as if idempotent, e.g. {b"POST"}
+    breaker: object = None  # circuit_breaker.CircuitBreaker shared by the service: at L7 each
+    # request in flight holds one slot, so max_connections caps concurrent requests (503 above it)
 
 
 def new_metrics() -> dict:
@@ -356,15 +360,16 @@ class HttpSession(Tries):
         if policy.rate_limit is not None and not policy.rate_limit.try_take():
             return await self._local(ex, 429, f"rate limit of service {self.service} exceeded",
                                      RATE_LIMITED)
-        if policy.fault is not None:
-            fault = policy.fault.decide(self.rng)
+        injection = ex.rule.fault if ex.rule.fault is not None else policy.fault
+        if injection is not None:
+            fault = injection.decide(self.rng)
             if fault.delay_s:
                 self._count("fault_delays")
                 await asyncio.sleep(fault.delay_s)
             if fault.abort_status is not None:
                 return await self._local(ex, fault.abort_status, "fault injected", FAULT_ABORT)
         ex.subset = choose_subset(ex.rule, self.rng) if ex.rule.split else None
-        ex.marked_safe = request.method in policy.safe_methods
+        ex.marked_safe = request.method in policy.safe_methods or ex.rule.retry_non_idempotent
         ex.may_replay = ex.marked_safe or request.method in IDEMPOTENT_METHODS
         ex.budget = policy.retry_budget
         headers = strip_hop_by_hop(trace.headers, keep_upgrade=ex.upgrade)
@@ -372,7 +377,18 @@ class HttpSession(Tries):
         if request.get(b"host") is None:
             headers += ((b"Host", self.service.encode("latin-1")),)
         ex.head = write_head(dataclasses.replace(request, headers=headers))
-        return await self._forward(ex)
+        breaker = policy.breaker
+        if breaker is None:
+            return await self._forward(ex)
+        refused = breaker.try_acquire()
+        if refused is not None:
+            return await self._local(ex, 503, f"service {self.service} is at its limit of "
+                                     f"{breaker.max_connections} requests in flight", OVERFLOW)
+        breaker.connected()  # requests are not pending: the slot is held until the exchange ends
+        try:
+            return await self._forward(ex)
+        finally:
+            breaker.release(connected=True)
 
     def _take_buffered_body(self, ex):
         """Move the request body bytes already received into ex.replay (no I/O), up to

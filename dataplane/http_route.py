@@ -114,6 +114,8 @@ class CompiledRule:
     path_regex: object = None  # compiled
     method: bytes = None
     headers: tuple = ()  # ((lowercase name bytes, value bytes), ...)
+    fault: object = None  # FaultInjection from RouteRule.fault; None: none
+    retry_non_idempotent: bool = False  # RetryPolicy.retry_non_idempotent: every method "marked safe"
 
     def matches(self, method, host, path, headers) -> bool:
         if self.method is not None and method != self.method:
@@ -160,7 +162,17 @@ def compile_rule(index, rule) -> CompiledRule:
         path_regex=re.compile(m.path_regex) if m.path_regex else None,
         method=m.method.encode("ascii") if m.method else None,
         headers=tuple((k.lower().encode("latin-1"), v.encode("utf-8")) for k, v in sorted(m.headers.items())),
+        fault=compile_fault(rule.fault) if rule.HasField("fault") else None,
+        retry_non_idempotent=policy.retry_non_idempotent,
     )
+
+
+def compile_fault(fault):
+    """A FaultInjection for a RouteRule's Fault message; None when it injects nothing."""
+    if not (fault.delay_percent and fault.delay_ms) and not fault.abort_percent:
+        return None
+    return FaultInjection(delay_ms=fault.delay_ms, delay_percent=fault.delay_percent,
+                          abort_status=fault.abort_status or 503, abort_percent=fault.abort_percent)
 
 
 class RouteTable:
@@ -297,8 +309,8 @@ class Fault:
 
 @dataclass(frozen=True)
 class FaultInjection:
-    """Delay and abort a percentage (0-100, fractions allowed) of requests. The Route proto has
-    no fault fields yet; the forwarder builds this from wherever the setting ends up."""
+    """Delay and abort a percentage (0-100, fractions allowed) of requests; built from a
+    RouteRule's Fault (compile_fault), or given per service in http_proxy.ServicePolicy."""
     delay_ms: int = 0
     delay_percent: float = 0.0
     abort_status: int = 503

@@ -44,7 +44,7 @@ def service_to_dict(msg) -> dict:
     return {
         "namespace": msg.metadata.namespace or "default", "name": msg.metadata.name,
         "labels": dict(msg.metadata.labels), "vip": s.vip,
-        "ports": [{"port": p.port, "target": p.target_port or p.port, "protocol": p.protocol or "tcp",
+        "ports": [{"port": p.port, "target": p.target_port or p.port, "protocol": p.protocol,
                    "name": p.name} for p in s.ports],
         "endpoints": [{"pod": e.pod or None, "port": e.port or None, "address": e.address or None,
                        "weight": e.weight or 1, "zone": e.zone, "labels": dict(e.labels)} for e in s.endpoints],
@@ -60,7 +60,7 @@ def service_from_dict(d: dict):
     s = msg.spec
     s.vip = d["vip"]
     for p in d["ports"]:
-        s.ports.add(port=p["port"], target_port=p["target"], protocol=p.get("protocol") or "tcp",
+        s.ports.add(port=p["port"], target_port=p["target"], protocol=p.get("protocol") or "",
                     name=p.get("name") or "")
     for e in d.get("endpoints") or ():
         ep = s.endpoints.add(pod=e.get("pod") or "", port=e.get("port") or 0,

@@ -21,6 +21,20 @@ def key_of(name: str) -> str:
     return f"{ns}/{short}"
 
 
+PROTOCOLS = ("tcp", "http")
+
+
+def port_spec(spec: str):
+    """'80', '80:8080', '80:8080/http' or '80/tcp' -> (port, target, protocol). Without a
+    suffix the protocol is "" (undeclared): the forwarder sniffs each connection's first bytes
+    for HTTP/1.1. "tcp" is opaque L4, never sniffed; "http" is HTTP/1.1, never sniffed."""
+    spec, sep, proto = str(spec).partition("/")
+    if sep and proto not in PROTOCOLS:
+        raise GlasswingError(f"port protocol must be one of {', '.join(PROTOCOLS)}, not {proto!r}")
+    p, t = names.port_map(spec)
+    return p, t, proto
+
+
 def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selector: dict = None,
                 vip: str = None, socket_lb: bool = False) -> dict:
     ns, short = split_name(name)
@@ -31,11 +45,11 @@ def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selecto
         raise GlasswingError(f"service {name!r} needs at least one --port")
     mapped, seen = [], set()
     for spec in ports:
-        p, t = names.port_map(spec)
+        p, t, proto = port_spec(spec)
         if p in seen:
             raise GlasswingError(f"service port {p} given twice")
         seen.add(p)
-        mapped.append({"port": p, "target": t, "protocol": "tcp", "name": ""})
+        mapped.append({"port": p, "target": t, "protocol": proto, "name": ""})
     if endpoints and selector:
         raise GlasswingError("give either --endpoint or --selector, not both")
     eps = []

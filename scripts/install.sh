@@ -14,7 +14,7 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian 12"
 
 kver=$(uname -r)
-pkgs=(python3-bpfcc bpfcc-tools bpftool iproute2 iperf3 curl socat python3-venv python3-dev gcc make procps etcd-server dnsutils haproxy sockperf wrk nginx)
+pkgs=(python3-bpfcc bpfcc-tools bpftool iproute2 iperf3 curl socat python3-venv python3-dev gcc make procps etcd-server dnsutils haproxy sockperf wrk nginx postgresql)
 # Headers for the running kernel when Debian has them (the VM's 6.1); otherwise Debian's
 # generic headers, linked under /lib/modules below (bcc only needs a consistent tree).
 if [ ! -e "/lib/modules/$kver/build/include" ]; then
@@ -27,7 +27,7 @@ for p in "${pkgs[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
-  # The mesh runs its own etcd, HAProxy and nginx where it needs them: keep the packages'
+  # The mesh runs its own etcd, HAProxy, nginx and PostgreSQL (tests) where it needs them: keep the packages'
   # system services from starting (and listening on the host) while they install.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d

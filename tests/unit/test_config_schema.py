@@ -144,7 +144,7 @@ MINIMAL = [
      """,
      {"apiVersion": "glasswing.dev/v1", "kind": "Service",
       "metadata": {"name": "web", "namespace": "default"},
-      "spec": {"ports": [{"port": 80, "targetPort": 80, "protocol": "tcp"}],
+      "spec": {"ports": [{"port": 80, "targetPort": 80}],
                "endpoints": [{"pod": "web-1", "weight": 1}, {"address": "198.18.1.9", "port": 81, "weight": 1}],
                "healthCheck": {"type": "tcp", "intervalMs": 10000, "timeoutMs": 1000,
                                "healthyThreshold": 1, "unhealthyThreshold": 3}}}),
@@ -159,7 +159,7 @@ MINIMAL = [
      """,
      {"apiVersion": "glasswing.dev/v1", "kind": "Service",
       "metadata": {"name": "web", "namespace": "default"},
-      "spec": {"ports": [{"port": 80, "targetPort": 80, "protocol": "tcp"}], "selector": {"app": "web"},
+      "spec": {"ports": [{"port": 80, "targetPort": 80}], "selector": {"app": "web"},
                "healthCheck": {"type": "http", "path": "/", "intervalMs": 500, "timeoutMs": 250,
                                "healthyThreshold": 1, "unhealthyThreshold": 3}}}),
     ("""
@@ -655,3 +655,45 @@ def test_every_kind_has_a_message_class():
     assert sorted(cs.KINDS) == ["Endpoint", "MeshSettings", "Route", "Service", "TrafficPolicy"]
     for kind, cls in cs.KINDS.items():
         assert cls.DESCRIPTOR.full_name == f"glasswing.config.v1.{kind}"
+
+
+def test_protocol_stays_undeclared_when_omitted(tmp_path):
+    [doc] = load_text(tmp_path, """
+     apiVersion: glasswing.dev/v1
+     kind: Service
+     metadata: {name: web}
+     spec: {ports: [{port: 80}, {port: 81, protocol: tcp}, {port: 82, protocol: http}], selector: {app: web}}
+     """)
+    assert [p.protocol for p in doc.message.spec.ports] == ["", "tcp", "http"]
+
+
+def test_route_fault_and_marked_safe_retries(tmp_path):
+    [doc] = load_text(tmp_path, """
+     apiVersion: glasswing.dev/v1
+     kind: Route
+     metadata: {name: web}
+     spec:
+       service: web
+       rules:
+       - fault: {abortPercent: 10}
+         retries: {attempts: 2, on: [5xx], retryNonIdempotent: true}
+     """)
+    rule = doc.message.spec.rules[0]
+    assert (rule.fault.abort_status, rule.fault.abort_percent) == (503, 10)
+    assert rule.retries.retry_non_idempotent
+
+
+@pytest.mark.parametrize("fault, why", [
+    ("{delayPercent: 5}", "spec.rules[0].fault.delayMs: required with delayPercent"),
+    ("{abortPercent: 101}", "spec.rules[0].fault.abortPercent"),
+    ("{abortPercent: 5, abortStatus: 99}", "spec.rules[0].fault.abortStatus"),
+])
+def test_bad_faults_are_refused(tmp_path, fault, why):
+    with pytest.raises(cs.ConfigError) as e:
+        load_text(tmp_path, f"""
+         apiVersion: glasswing.dev/v1
+         kind: Route
+         metadata: {{name: web}}
+         spec: {{service: web, rules: [{{fault: {fault}}}]}}
+         """)
+    assert why in str(e.value)

@@ -38,8 +38,8 @@ def _ep(pod, port=None):
     return {"pod": pod, "port": port, "address": None, "weight": 1, "zone": "", "labels": {}}
 
 
-def _port(port, target):
-    return {"port": port, "target": target, "protocol": "tcp", "name": ""}
+def _port(port, target, protocol=""):
+    return {"port": port, "target": target, "protocol": protocol, "name": ""}
 
 
 def test_add_service_record(doc):
@@ -258,3 +258,13 @@ def test_catalog_finds_service_port_by_vip(doc):
 
 def test_vip_int():
     assert svcs.vip_int("198.19.0.10") == (198 << 24) | (19 << 16) | 10
+
+
+def test_port_protocol_suffix(doc):
+    rec = svcs.add_service(doc, "web", ["80:8080/http", "81/tcp", "82"], endpoints=["web1"])
+    assert rec["ports"] == [_port(80, 8080, "http"), _port(81, 81, "tcp"), _port(82, 82)]
+
+
+def test_unknown_port_protocol_is_refused(doc):
+    with pytest.raises(GlasswingError, match="port protocol must be one of tcp, http, not 'udp'"):
+        svcs.add_service(doc, "web", ["80/udp"], endpoints=["web1"])

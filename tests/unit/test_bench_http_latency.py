@@ -1,0 +1,88 @@
+"""dataplane.bench_http_latency and ext/loadgen/loadgen.c, without root: the open-loop generator
+times requests from their scheduled send time (a server stall shows in every request it
+delays, not in one), and the report's table."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from dataplane import bench_http_latency as b
+
+
+def stalling_server(stall_at: int, stall: float):
+    """A keep-alive HTTP/1.1 server on 127.0.0.1 that answers at once, except that request
+    number stall_at waits stall seconds."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    count = [0]
+
+    def serve(c):
+        buf = b""
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = c.recv(4096)
+                    if not data:
+                        return
+                    buf += data
+                _head, buf = buf.split(b"\r\n\r\n", 1)
+                count[0] += 1
+                if count[0] == stall_at:
+                    time.sleep(stall)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def accept():
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return ls
+
+
+@pytest.fixture(scope="module")
+def loadgen(tmp_path_factory):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    return b.loadgen_binary(str(tmp_path_factory.mktemp("loadgen")))
+
+
+def test_a_stall_delays_every_request_scheduled_during_it(loadgen):
+    ls = stalling_server(stall_at=50, stall=0.5)
+    try:
+        port = ls.getsockname()[1]
+        r = subprocess.run([loadgen, "127.0.0.1", str(port), "/", "100", "2", "1", "0"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        ls.close()
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["completed"] == out["scheduled"] == 200, (r.stderr, out)
+    # ~50 requests were due while the one connection waited: a closed-loop generator would
+    # report one slow request; measured from schedule, a fifth of them are late.
+    assert out["max_us"] >= 450_000, out
+    assert out["p90_us"] >= 100_000 and out["p50_us"] < 100_000, out
+
+
+def test_table_shows_added_latency_and_cpu():
+    direct = {"topology": "same node", "path": "direct", "rate": 1000.0, "errors": 0,
+              "p50_us": 50.0, "p90_us": 70.0, "p99_us": 900.0, "p999_us": 2000.0}
+    mesh = dict(direct, path="mesh", p50_us=250.0, p90_us=500.0, p99_us=4000.0, cpu_ms_per_1k=230.0,
+                added_us={"p50_us": 200.0, "p90_us": 430.0, "p99_us": 3100.0, "p999_us": 0.0})
+    lines = b.table([direct, mesh]).splitlines()
+    assert lines[0].split()[:4] == ["topology", "path", "rate/s", "p50"]
+    assert lines[2].split()[-5:] == ["200", "430", "3100", "230.0", "0"]
+
+
+def test_nginx_answers_a_1kb_body(tmp_path):
+    argv = b.nginx_argv(str(tmp_path), "s", "198.18.1.2")
+    conf = open(argv[2]).read()
+    body = conf.split('return 200 "', 1)[1].split('";', 1)[0]
+    assert len(body.replace("\\n", "\n")) == b.BODY_BYTES and os.path.basename(argv[2]) == "nginx-s.conf"
