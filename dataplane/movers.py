@@ -45,8 +45,15 @@ class SpliceMover:
     def step(self, src_fd: int, dst_fd: int, budget: int):
         if self.pipe is None:
             self.pipe = self.pool.get()
-        moved, self.pending, status = _pump.pump(src_fd, dst_fd, self.pipe[0], self.pipe[1],
-                                                 self.pending, budget)
+        try:
+            moved, self.pending, status = _pump.pump(src_fd, dst_fd, self.pipe[0], self.pipe[1],
+                                                     self.pending, budget)
+        except OSError:
+            # The pipe may hold bytes `pending` does not count (read from src before dst
+            # failed): it must never reach another connection.
+            self.pool.put(self.pipe, empty=False)
+            self.pipe, self.pending = None, 0
+            raise
         if self.pending == 0:
             self.release()
         return moved, status

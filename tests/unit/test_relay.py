@@ -6,10 +6,15 @@ asyncio loop. The test writes into A and D from threads and reads what comes out
 other end. Movers: splice over each pump twin (Cython and Python) and the plain copy twin.
 """
 import asyncio
+import fcntl
 import hashlib
 import random
+import select
 import socket
+import struct
+import termios
 import threading
+import time
 
 import pytest
 
@@ -242,3 +247,33 @@ def test_peer_gone_while_the_other_side_is_blocked_loses_nothing(mode, pool):
         for s in (a, b, c):
             s.close()
     assert r.error is None and len(got) == len(back) and got == back
+
+
+def test_a_pipe_that_failed_mid_transfer_never_reaches_another_connection(pool):
+    """The splice pump reads src into the pipe, then fails on dst: bytes sit in the pipe that
+    the mover's count does not know. The pipe must be closed, not lent again, or the next
+    connection would send them (iperf3 data sockets end with a reset; the next control
+    connection once received their leftovers as "an unknown control message")."""
+    a, b = tcp_pair()
+    c, d = tcp_pair()
+    try:
+        for s in (b, c):
+            s.setblocking(False)
+        d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        c.sendall(b"unread")  # d closes with unread bytes: a reset
+        d.close()
+        deadline = time.monotonic() + TIMEOUT
+        while c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 and not select.select([c], [], [], 0.01)[0]:
+            assert time.monotonic() < deadline
+        a.sendall(b"stale" * 1000)
+        select.select([b], [], [], TIMEOUT)
+        m = movers.SpliceMover()
+        with pytest.raises(OSError):
+            m.step(b.fileno(), c.fileno(), 1 << 20)
+        m.discard()  # what Relay.abort does next
+        assert pool.lent == 0
+        for r, _w in pool.idle:  # whatever the pool keeps must be empty
+            assert struct.unpack("i", fcntl.ioctl(r, termios.FIONREAD, b"\0" * 4))[0] == 0
+    finally:
+        for s in (a, b, c):
+            s.close()
