@@ -24,9 +24,9 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import time
 
+from .bench_run import torn_down, write_json
 from .bench_http import HTTP_PORT, nginx_argv, parse_wrk, wrk_argv
 from .lab import Lab
 
@@ -266,24 +266,14 @@ def svg(results, title) -> str:
 
 def run(quick: bool, out_dir: str, say=print) -> list:
     b = Bench(quick, lambda *a, **k: say(*a, **k))
-    old = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
+    with torn_down(b.release, say):
         say(f"building two nodes, three pods, HAProxy one hop and pair ({'quick' if quick else 'full'} run: "
             f"{b.runs} runs of {b.seconds}s per figure)")
         b.build()
         t0 = time.monotonic()
         b.measure()
         results = ratios(b.results)
-    finally:
-        say("tearing down")
-        b.release()
-        signal.signal(signal.SIGTERM, old)
-    os.makedirs(out_dir, exist_ok=True)
-    meta = {"command": " ".join(sys.argv), "kernel": os.uname().release, "cpus": os.cpu_count(),
-            "quick": quick, "seconds": round(time.monotonic() - t0, 1), "results": results}
-    with open(os.path.join(out_dir, "bench.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    write_json(out_dir, "bench.json", quick=quick, seconds=round(time.monotonic() - t0, 1), results=results)
     with open(os.path.join(out_dir, "bench.svg"), "w") as f:
         f.write(svg(results, f"glasswing bench on {os.uname().release}, {os.cpu_count()} vCPUs"))
     say(table(results))

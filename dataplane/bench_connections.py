@@ -17,12 +17,12 @@ what the forwarder's open-file limit allows, and the cap is printed when it appl
 """
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 
+from .bench_run import torn_down, write_json
 from .lab import Lab
 
 PORT = 9000
@@ -172,26 +172,15 @@ def table(results, notes) -> str:
 
 def run(quick: bool, connections: int, hold: float, period: float, out_dir: str, say=print) -> list:
     b = ConnBench(quick, connections, hold, period, say)
-    old = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t0 = time.monotonic()
-    try:
+    with torn_down(b.release, say):
         say(f"building two nodes and three pods ({'quick' if quick else 'full'} run: rate {b.runs} x "
             f"{b.rate_n} connections per path; {connections} long-lived connections for {hold:.0f}s)")
         b.build()
         b.rate()
         b.hold_open()
-    finally:
-        say("\r" + " " * 80 + "\rtearing down")
-        b.release()
-        signal.signal(signal.SIGTERM, old)
-    os.makedirs(out_dir, exist_ok=True)
-    meta = {"command": " ".join(sys.argv), "kernel": os.uname().release, "cpus": os.cpu_count(),
-            "quick": quick, "seconds": round(time.monotonic() - t0, 1), "notes": b.notes,
-            "results": b.results}
-    path = os.path.join(out_dir, "connections.json")
-    with open(path, "w") as f:
-        json.dump(meta, f, indent=1)
+    path = write_json(out_dir, "connections.json", quick=quick, seconds=round(time.monotonic() - t0, 1),
+                      notes=b.notes, results=b.results)
     say(table(b.results, b.notes))
     say(f"wrote {path}")
     return b.results

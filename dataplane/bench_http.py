@@ -27,17 +27,21 @@ http {{
     scgi_temp_path {dir}/nginx-{name}-scgi;
     server {{
         listen {ip}:{port} backlog=4096;
-        location / {{ return 200 "{body}"; }}
+        location / {{ {extra}return 200 "{body}"; }}
     }}
 }}
 """
 
 
-def nginx_argv(work_dir: str, name: str, ip: str, port: int = HTTP_PORT) -> list:
-    """Write a config for one nginx on ip:port and return the command that runs it."""
+def nginx_argv(work_dir: str, name: str, ip: str, port: int = HTTP_PORT, body: str = BODY,
+               extra: str = "") -> list:
+    """Write a config for one nginx on ip:port answering every request with 200 and body
+    (extra: more directives for the location, e.g. "add_header x-pod web1 always; "), and
+    return the command that runs it."""
     conf = os.path.join(work_dir, f"nginx-{name}.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=work_dir, name=name, ip=ip, port=port, body=BODY.replace("\n", "\\n")))
+        f.write(NGINX_CONF.format(dir=work_dir, name=name, ip=ip, port=port, extra=extra,
+                                  body=body.replace("\n", "\\n")))
     return ["nginx", "-c", conf, "-e", "stderr"]
 
 

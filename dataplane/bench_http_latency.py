@@ -20,14 +20,13 @@ of every forwarder on the path, from /proc).
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import time
 
 from .bench_connections import cpu_seconds
-from .bench_http import NGINX_CONF
+from . import bench_http
+from .bench_run import torn_down, write_json
 from .lab import Lab
 
 PORT = 8080
@@ -49,11 +48,7 @@ def loadgen_binary(work_dir: str) -> str:
 
 def nginx_argv(work_dir: str, name: str, ip: str) -> list:
     """One nginx answering every request with BODY_BYTES of body."""
-    conf = os.path.join(work_dir, f"nginx-{name}.conf")
-    body = "x" * (BODY_BYTES - 1) + "\\n"
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=work_dir, name=name, ip=ip, port=PORT, body=body))
-    return ["nginx", "-c", conf, "-e", "stderr"]
+    return bench_http.nginx_argv(work_dir, name, ip, PORT, body="x" * (BODY_BYTES - 1) + "\n")
 
 
 class HttpLatencyBench:
@@ -149,26 +144,15 @@ def run(rate: float, connections: int, seconds: float, runs: int, out_dir: str, 
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (scripts/install.sh installs it)")
     b = HttpLatencyBench(rate, connections, seconds, runs, say)
-    old = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t0 = time.monotonic()
-    try:
+    with torn_down(b.release, say):
         say(f"building two nodes and three pods; {runs} runs x {seconds:g}s per path at {rate:g} req/s "
             f"of {BODY_BYTES} B over {connections} connections (open loop)")
         b.build()
         b.measure()
-    finally:
-        say("\r" + " " * 80 + "\rtearing down")
-        b.release()
-        signal.signal(signal.SIGTERM, old)
-    os.makedirs(out_dir, exist_ok=True)
-    meta = {"command": " ".join(sys.argv), "kernel": os.uname().release, "cpus": os.cpu_count(),
-            "rate": rate, "connections": connections, "seconds": seconds, "runs": runs,
-            "body_bytes": BODY_BYTES, "wall_seconds": round(time.monotonic() - t0, 1),
-            "results": b.results}
-    path = os.path.join(out_dir, "http_latency.json")
-    with open(path, "w") as f:
-        json.dump(meta, f, indent=1)
+    path = write_json(out_dir, "http_latency.json", rate=rate, connections=connections, seconds=seconds,
+                      runs=runs, body_bytes=BODY_BYTES, wall_seconds=round(time.monotonic() - t0, 1),
+                      results=b.results)
     say(table(b.results))
     say(f"wrote {path}")
     return b.results

@@ -32,6 +32,7 @@ import time
 import pytest
 
 from dataplane.lab import Lab
+from dataplane.bench_http import nginx_argv
 from tests import leaks
 from tests.conftest import need_tools
 
@@ -39,24 +40,6 @@ from .conftest import PEERS, wait_listening
 from .test_traffic_policy import glasswing
 
 H_PODS = ("h1", "h2", "h3")
-NGINX_CONF = """worker_processes 1;
-daemon off;
-pid {dir}/nginx-{name}.pid;
-error_log stderr error;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/nginx-{name}-body;
-    proxy_temp_path {dir}/nginx-{name}-proxy;
-    fastcgi_temp_path {dir}/nginx-{name}-fcgi;
-    uwsgi_temp_path {dir}/nginx-{name}-uwsgi;
-    scgi_temp_path {dir}/nginx-{name}-scgi;
-    server {{
-        listen {ip}:8081;
-        location / {{ add_header x-pod {name} always; return 200 "{name}\\n"; }}
-    }}
-}}
-"""
 PG_BIN = "/usr/lib/postgresql/{}/bin"
 
 
@@ -67,10 +50,9 @@ def pg_bin():
 
 
 def start_nginx(lab, pod):
-    conf = os.path.join(lab.dir, f"nginx-{pod}.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=lab.dir, name=pod, ip=lab.ips[pod]))
-    lab.nginx[pod] = lab.spawn(pod, ["nginx", "-c", conf, "-e", "stderr"])
+    argv = nginx_argv(lab.dir, pod, lab.ips[pod], 8081, body=f"{pod}\n",
+                      extra=f"add_header x-pod {pod} always; ")
+    lab.nginx[pod] = lab.spawn(pod, argv)
     wait_listening(lab, "client", lab.ips[pod], 8081)
 
 
