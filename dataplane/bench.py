@@ -18,7 +18,6 @@ bench_http.py): HTTP requests/s over 16 keep-alive connections, and new connecti
 Latency runs pin the client, the server and every proxy process to CPU 0 (a wake-up across
 the two vCPUs costs more than the path); throughput and wrk runs are not pinned.
 """
-import json
 import os
 import re
 import signal
@@ -26,7 +25,7 @@ import statistics
 import subprocess
 import time
 
-from .bench_run import torn_down, write_json
+from .bench_run import iperf3_gbps, torn_down, write_json
 from .bench_http import HTTP_PORT, nginx_argv, parse_wrk, wrk_argv
 from .lab import Lab
 
@@ -125,9 +124,7 @@ class Bench:
     def iperf(self, ip, port, streams):
         r = self.lab.run("client", ["iperf3", "-J", "-c", ip, "-p", str(port), "-t", str(self.seconds),
                                     "-P", str(streams)], timeout=self.seconds + 60)
-        if r.returncode != 0:
-            raise RuntimeError(f"iperf3 to {ip}:{port}: {r.stdout[-300:]}{r.stderr[-300:]}")
-        return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        return iperf3_gbps(r, f"{ip}:{port}")
 
     def sockperf(self, ip, port):
         r = self.lab.run("client", ["taskset", "-c", "0", "sockperf", "pp", "--tcp", "-i", ip, "-p", str(port),

@@ -32,3 +32,17 @@ def write_json(out_dir: str, name: str, **meta) -> str:
         json.dump({"command": " ".join(sys.argv), "kernel": os.uname().release,
                    "cpus": os.cpu_count(), **meta}, f, indent=1)
     return path
+
+
+def iperf3_gbps(r, dest: str) -> float:
+    """Received Gbit/s from a finished `iperf3 -J` (a CompletedProcess). iperf3 may exit 0 with
+    {"error": ...} and no totals; that is a failure too, with iperf3's own words."""
+    try:
+        out = json.loads(r.stdout)
+    except ValueError:
+        out = {}
+    total = out.get("end", {}).get("sum_received") if isinstance(out, dict) else None
+    if r.returncode != 0 or not total:
+        why = out.get("error") if isinstance(out, dict) else None
+        raise RuntimeError(f"iperf3 to {dest} failed: {why or (r.stdout[-300:] + r.stderr[-300:])}")
+    return total["bits_per_second"] / 1e9

@@ -1,11 +1,11 @@
 """`glasswing demo` (and `make demo`): two simulated nodes on the embedded
 store, a request through the mesh, and iperf3 through the mesh beside the
 same iperf3 direct, pod to pod. Prints the table and cleans up."""
-import json
 import statistics
 import sys
 import time
 
+from .bench_run import iperf3_gbps
 from .lab import Lab
 
 SERVER = "import http.server as h, sys\n" \
@@ -24,9 +24,7 @@ def say(msg):
 
 def iperf(lab, pod, dest, seconds):
     r = lab.run(pod, ["iperf3", "-J", "-c", dest, "-t", str(seconds)], timeout=seconds + 30)
-    if r.returncode != 0:
-        raise RuntimeError(f"iperf3 to {dest} failed: {r.stdout[-300:]} {r.stderr[-300:]}")
-    return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    return iperf3_gbps(r, dest)
 
 
 def wait_port(lab, pod, ip, port, timeout=10):

@@ -24,3 +24,18 @@ def test_table_and_chart():
     assert "0.80" in t[2] and "2.00" in t[2]
     svg = bench.svg(res, "t")
     assert svg.startswith("<svg") and svg.count("<rect") == 6 and ">8.0<" in svg
+
+
+def test_iperf3_gbps_reads_totals_and_refuses_an_error_with_exit_0():
+    from subprocess import CompletedProcess
+
+    import pytest
+
+    from dataplane.bench_run import iperf3_gbps
+    ok = CompletedProcess([], 0, '{"end": {"sum_received": {"bits_per_second": 2.5e9}}}', "")
+    assert iperf3_gbps(ok, "x") == 2.5
+    bad = CompletedProcess([], 0, '{"start": {}, "end": {}, "error": "received an unknown control message"}', "")
+    with pytest.raises(RuntimeError, match="unknown control message"):
+        iperf3_gbps(bad, "198.19.0.10")
+    with pytest.raises(RuntimeError, match="iperf3 to x failed"):
+        iperf3_gbps(CompletedProcess([], 1, "", "iperf3: error - unable to connect"), "x")
