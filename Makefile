@@ -52,3 +52,15 @@ test-unit test-bpf test-integration: build
 
 clean:
 	rm -rf build *.egg-info .build-ext dataplane/*.so dataplane/proto/*_pb2.py ext/*.c
+
+# --- Test VM (Vagrant + libvirt; README "Test VM (Vagrant)") -----------------------------
+# vm-box: a local Debian 12 libvirt box built from Debian's archive, for offline provisioning
+#         (output under /var/tmp/glasswing-vm; VM_BOX_FLAGS=--force rebuilds it anyway).
+# test-vm: vagrant up with that box, then doctor, the demo and the bpf tier in the VM;
+#          results in results/vm/; the VM and what libvirt made for it are always removed.
+.PHONY: vm-box test-vm
+vm-box:
+	bash scripts/vm-box.sh $(VM_BOX_FLAGS)
+
+test-vm:
+	bash scripts/vm-test.sh
