@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from .bench_run import torn_down, write_json
+from .bench_run import torn_down, two_nodes, write_json
 from .lab import Lab
 
 PORT = 9000
@@ -59,15 +59,8 @@ class ConnBench:
 
     def build(self):
         lab = self.lab
-        lab.node("n1")
-        lab.node("n2")
-        lab.pod("client", "n1")
-        lab.pod("server", "n1")
-        lab.pod("server2", "n2")
-        lab.service("echo", ports=[f"{PORT}/tcp"], endpoints=["server"])
-        lab.service("echo2", ports=[f"{PORT}/tcp"], endpoints=["server2"])
-        lab.up("n1")
-        lab.up("n2")
+        self.ip, self.vip = two_nodes(lab, {"echo": (f"{PORT}/tcp", "server"),
+                                            "echo2": (f"{PORT}/tcp", "server2")})
         doc = lab.doc
         # Thousands of short connections a second from one address: let connect() reuse
         # TIME_WAIT ports (per namespace; the lab's namespaces only), or the direct baseline
@@ -75,8 +68,6 @@ class ConnBench:
         for ns in [p["netns"] for p in doc["pods"].values()] + [n["netns"] for n in doc["nodes"].values()]:
             subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
                             "net.ipv4.ip_local_port_range=16000 65000"], check=True)
-        self.ip = {n: p["ip"] for n, p in doc["pods"].items()}
-        self.vip = {s["name"]: s["vip"] for s in doc["services"].values()}
         for pod in ("server", "server2"):
             lab.spawn(pod, [sys.executable, "-m", "dataplane.bench_peer", "serve", self.ip[pod], str(PORT)])
         self.fwd = {n: lab.ctl(n).forwarder_pid() for n in ("n1", "n2")}

@@ -26,7 +26,7 @@ import time
 
 from .bench_connections import cpu_seconds
 from . import bench_http
-from .bench_run import torn_down, write_json
+from .bench_run import torn_down, two_nodes, write_json
 from .lab import Lab
 
 PORT = 8080
@@ -60,18 +60,8 @@ class HttpLatencyBench:
 
     def build(self):
         lab = self.lab
-        lab.node("n1")
-        lab.node("n2")
-        lab.pod("client", "n1")
-        lab.pod("server", "n1")
-        lab.pod("server2", "n2")
-        lab.service("web", ports=[f"80:{PORT}/http"], endpoints=["server"])
-        lab.service("web2", ports=[f"80:{PORT}/http"], endpoints=["server2"])
-        lab.up("n1")
-        lab.up("n2")
-        doc = lab.doc
-        self.ip = {n: p["ip"] for n, p in doc["pods"].items()}
-        self.vip = {s["name"]: s["vip"] for s in doc["services"].values()}
+        self.ip, self.vip = two_nodes(lab, {"web": (f"80:{PORT}/http", "server"),
+                                            "web2": (f"80:{PORT}/http", "server2")})
         for pod in ("server", "server2"):
             lab.spawn(pod, nginx_argv(lab.dir, pod, self.ip[pod]))
         self.fwd = {n: lab.ctl(n).forwarder_pid() for n in ("n1", "n2")}

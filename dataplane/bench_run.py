@@ -46,3 +46,21 @@ def iperf3_gbps(r, dest: str) -> float:
         why = out.get("error") if isinstance(out, dict) else None
         raise RuntimeError(f"iperf3 to {dest} failed: {why or (r.stdout[-300:] + r.stderr[-300:])}")
     return total["bits_per_second"] / 1e9
+
+
+def two_nodes(lab, services: dict) -> tuple[dict, dict]:
+    """The benches' topology: nodes n1 and n2, pods client and server on n1, server2 on n2,
+    services {name: (port spec, endpoint pod)}, both forwarders up. Returns (pod address by
+    pod, VIP by service name)."""
+    lab.node("n1")
+    lab.node("n2")
+    lab.pod("client", "n1")
+    lab.pod("server", "n1")
+    lab.pod("server2", "n2")
+    for name, (port, pod) in services.items():
+        lab.service(name, ports=[port], endpoints=[pod])
+    lab.up("n1")
+    lab.up("n2")
+    doc = lab.doc
+    return ({n: p["ip"] for n, p in doc["pods"].items()},
+            {s["name"]: s["vip"] for s in doc["services"].values()})
