@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start this node's forwarder (--store etcd://HOST:PORT for many nodes)")
     up.add_argument("--foreground", action="store_true", help="run in the foreground (no daemon)")
     up.add_argument("--relay", default=os.environ.get("GLASSWING_RELAY", "auto"),
-                    help="how relayed bytes move: auto (default: splice), splice (Cython, zero copy) "
-                         "or copy (plain recv/send, the reference); also GLASSWING_RELAY")
+                    help="how relayed bytes move: auto (default: copy for small messages, splice once a "
+                         "direction carries bulk), splice or copy; also GLASSWING_RELAY")
     sub.add_parser("down", help="stop the forwarder and remove everything it made")
     sub.add_parser("status", help="forwarder state")
     sub.add_parser("doctor", help="check that this machine can run the mesh")

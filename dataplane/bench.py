@@ -4,8 +4,9 @@ Topologies (built here, torn down even on Ctrl-C):
     same node:  client --(path)--> server          (both on n1)
     two nodes:  client --(path)--> server2         (n1 -> n2 over the underlay)
 
-Paths: direct (no mesh); mesh (the forwarders with the default splice relay, the tunnel
-across nodes); mesh copy (the same with the plain recv/send relay, the reference twin);
+Paths: direct (no mesh); mesh (the forwarders with the default relay, auto: copy for small
+messages, splice once a direction carries bulk; the tunnel across nodes); mesh splice and
+mesh copy (the same with each relay forced);
 socket lb (connect4 picks the endpoint, no forwarder on the path); HAProxy placed where the
 forwarder sits (one hop on n1, or a pair n1 -> n2 for two nodes), the reference a user would
 otherwise pick.
@@ -103,11 +104,13 @@ class Bench:
         return [
             ("same node", "direct", self.server["ip"], 0),
             ("same node", "mesh", None, 0),
+            ("same node", "mesh splice", None, 0),
             ("same node", "mesh copy", None, 0),
             ("same node", "socket lb", None, 0),
             ("same node", "haproxy", gw, PROXY_PORT),
             ("two nodes", "direct", self.server2["ip"], 0),
             ("two nodes", "mesh", None, 0),
+            ("two nodes", "mesh splice", None, 0),
             ("two nodes", "mesh copy", None, 0),
             ("two nodes", "socket lb", None, 0),
             ("two nodes", "haproxy pair", gw, PROXY_PORT + 100),
@@ -116,7 +119,7 @@ class Bench:
     # ------------------------------------------------------------ tools
 
     def _dest(self, topo, path, ip, offset, port):
-        if path in ("mesh", "mesh copy", "socket lb"):
+        if path in ("mesh", "mesh splice", "mesh copy", "socket lb"):
             server = "server" if topo == "same node" else "server2"
             return self.vips[f"{server}-{port}" + ("-lb" if path == "socket lb" else "")], port
         return ip, (offset + port) if offset else port
@@ -148,8 +151,8 @@ class Bench:
         return got["rps"]
 
     def _relay(self, path):
-        """The forwarders' relay for this path: copy for "mesh copy", else the default (auto)."""
-        mode = "copy" if path == "mesh copy" else "auto"
+        """The forwarders' relay for this path: "mesh copy" and "mesh splice" force one, else auto."""
+        mode = {"mesh copy": "copy", "mesh splice": "splice"}.get(path, "auto")
         for node in ("n1", "n2"):
             self.lab.admin(node, "relay", mode=mode)
 
@@ -232,9 +235,10 @@ def table(results) -> str:
 def svg(results, title) -> str:
     """Bars per metric: one group per topology, one bar per path, labelled."""
     metrics = list(dict.fromkeys(r["metric"] for r in results))
-    colors = {"direct": "#888888", "mesh": "#2a7ab0", "mesh copy": "#8fb8d8", "socket lb": "#40a060",
+    colors = {"direct": "#888888", "mesh": "#2a7ab0", "mesh splice": "#5b9bc8", "mesh copy": "#8fb8d8",
+              "socket lb": "#40a060",
               "haproxy": "#d08030", "haproxy pair": "#d08030"}
-    w, panel_h, bar_w = 1000, 220, 46
+    w, panel_h, bar_w = 1100, 220, 46
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{60 + panel_h * len(metrics)}" '
            'font-family="sans-serif" font-size="12">',
            f'<text x="10" y="24" font-size="16" font-weight="bold">{title}</text>']

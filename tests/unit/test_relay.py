@@ -27,7 +27,8 @@ from .test_pump import _twin, tcp_pair
 TIMEOUT = 30.0
 
 
-@pytest.fixture(params=["splice-cython", "splice-python", "copy-cython", "copy-python"])
+@pytest.fixture(params=["splice-cython", "splice-python", "copy-cython", "copy-python",
+                        "auto-cython", "auto-python"])
 def mode(request, monkeypatch):
     mode, twin = request.param.split("-")
     twin = _twin(twin)
@@ -276,4 +277,41 @@ def test_a_pipe_that_failed_mid_transfer_never_reaches_another_connection(pool):
             assert struct.unpack("i", fcntl.ioctl(r, termios.FIONREAD, b"\0" * 4))[0] == 0
     finally:
         for s in (a, b, c):
+            s.close()
+
+
+def test_auto_copies_small_messages_and_splices_bulk(pool):
+    """A direction that only ever moves small messages stays on copy (no pipe ever lent);
+    the first readiness with 64 KiB or more moves it to splice, and every byte still arrives."""
+    a, b = tcp_pair()
+    c, d = tcp_pair()
+    try:
+        for s in (b, c):
+            s.setblocking(False)
+        m = movers.AutoMover()
+        a.sendall(b"small")
+        select.select([b], [], [], TIMEOUT)
+        assert m.step(b.fileno(), c.fileno(), 1 << 20)[0] == 5 and not m.spliced and pool.lent == 0
+        assert d.recv(16) == b"small"
+        big = payload(8, 1 << 20)
+        threading.Thread(target=a.sendall, args=(big,), daemon=True).start()
+        got = bytearray()
+        deadline = time.monotonic() + TIMEOUT
+        while len(got) < len(big):
+            assert time.monotonic() < deadline
+            select.select([b], [c], [], 0.05)
+            try:
+                m.step(b.fileno(), c.fileno(), 1 << 20)
+            except BlockingIOError:
+                pass
+            d.setblocking(False)
+            try:
+                while True:
+                    got += d.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        assert m.spliced and bytes(got) == big
+        m.discard()
+    finally:
+        for s in (a, b, c, d):
             s.close()
