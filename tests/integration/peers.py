@@ -19,6 +19,17 @@ import threading
 import time
 
 
+def greet_and_echo(s, name, peer):
+    """One line "NAME PEER-ADDRESS", then every byte back until the client half-closes."""
+    s.sendall(f"{name} {peer[0]}\n".encode())
+    while True:
+        data = s.recv(1 << 16)
+        if not data:
+            break
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+
+
 def serve(name):
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -33,14 +44,7 @@ def serve(name):
 
     class Echo(socketserver.BaseRequestHandler):
         def handle(self):
-            s = self.request
-            s.sendall(f"{name} {self.client_address[0]}\n".encode())
-            while True:
-                data = s.recv(1 << 16)
-                if not data:
-                    break
-                s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
+            greet_and_echo(self.request, name, self.client_address)
 
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     socketserver.ThreadingTCPServer.daemon_threads = True
@@ -89,13 +93,7 @@ def echo(name, port="7000"):
 
     def handle(s, peer):
         try:
-            s.sendall(f"{name} {peer[0]}\n".encode())
-            while True:
-                data = s.recv(1 << 16)
-                if not data:
-                    break
-                s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
+            greet_and_echo(s, name, peer)
         except OSError:
             pass
         finally:
