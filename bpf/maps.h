@@ -1,5 +1,6 @@
 /* The maps every hook uses, pinned under PIN_DIR so separate programs share
- * them and they outlive a forwarder restart. Include once per program. */
+ * them and they outlive a forwarder restart. The guard keeps them defined
+ * once when bpf_loader compiles the hook files as one unit. */
 #ifndef GLASSWING_MAPS_H
 #define GLASSWING_MAPS_H
 
