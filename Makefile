@@ -31,7 +31,7 @@ build/loadgen: ext/loadgen/loadgen.c
 	mkdir -p build
 	gcc -O2 -Wall -Wextra -o $@ $<
 
-.build-ext: $(PYX) $(wildcard ext/*.pxd) setup.py
+.build-ext: $(PYX) $(wildcard ext/*.pxd ext/relay/*) setup.py
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 

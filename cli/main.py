@@ -21,9 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start this node's forwarder (--store etcd://HOST:PORT for many nodes)")
     up.add_argument("--foreground", action="store_true", help="run in the foreground (no daemon)")
-    up.add_argument("--relay", default=os.environ.get("GLASSWING_RELAY", "auto"),
-                    help="how relayed bytes move: auto (default: copy for small messages, splice once a "
-                         "direction carries bulk), splice or copy; also GLASSWING_RELAY")
+    up.add_argument("--relay", default=None,
+                    help="how relayed bytes move: auto (default: in the event loop, copy for small "
+                         "messages, splice once a direction carries bulk), splice or copy (in the loop), "
+                         "or engine (auto's choice in a C thread of its own); also GLASSWING_RELAY")
     sub.add_parser("down", help="stop the forwarder and remove everything it made")
     sub.add_parser("status", help="forwarder state")
     sub.add_parser("doctor", help="check that this machine can run the mesh")
@@ -147,8 +148,9 @@ def run(args):
             ctl.require_root()
             from dataplane.bpf_programs import check_bpf_available
             from dataplane.forwarder import run as run_forwarder
+            from dataplane.relay_modes import default as default_relay
             check_bpf_available()
-            return run_forwarder(ctl.store_url, args.node, ctl.run_root, relay=args.relay)
+            return run_forwarder(ctl.store_url, args.node, ctl.run_root, relay=args.relay or default_relay())
         st = ctl.up(relay=args.relay)
         emit(st, args.json, lambda s: print(f"forwarder for node {s['node']} running, pid {s['pid']}, "
                                             f"{len(s['pods'])} pods, relay {s['relay']} ({s['pump']} pump)"))

@@ -73,10 +73,12 @@ class Control:
                     out[node] = {"ok": False, "error": str(e)}
         return out
 
-    def up(self, timeout: float = 90.0, relay: str = "auto") -> dict:
-        from .movers import MODES
-        if relay not in MODES:
-            raise GlasswingError(f"relay mode {relay!r} is not one of {', '.join(MODES)}")
+    def up(self, timeout: float = 90.0, relay: str | None = None) -> dict:
+        """relay: the forwarder's relay mode (dataplane/relay_modes.py; None: its default)."""
+        from . import relay_modes
+        relay = relay or relay_modes.default()
+        if relay not in relay_modes.MODES:
+            raise GlasswingError(f"relay mode {relay!r} is not one of {', '.join(relay_modes.MODES)}")
         self.require_root()
         check_bpf_available()
         with self.store.transaction() as doc:

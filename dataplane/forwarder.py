@@ -45,8 +45,9 @@ from .bpf_programs import Programs, detach_stale
 from .bpf_state import MapState, ServiceIds, desired
 from .catalog import Catalog
 from .connect_retry import classify
+from . import relay_modes
+from .engine_relays import EngineRelays
 from .idle_reaper import IdleReaper, interval as idle_interval
-from .movers import MODES as RELAY_MODES
 from .poller import Poller
 from .relay import Relay
 from .settings import (DNS_PORT, LEASE_TTL, OUTBOUND_IP, OUTBOUND_PORT, PIN_ROOT, PREAMBLE_TIMEOUT,
@@ -109,9 +110,9 @@ class PodState:
 
 class Forwarder:
     def __init__(self, store: Registry, node: str, run_root: str, home_fd: int,
-                 relay: str = "auto"):
+                 relay: str = relay_modes.BUILT_IN_DEFAULT):
         self.store, self.node, self.home_fd = store, node, home_fd
-        self.relay_mode = check_relay_mode(relay)
+        self.relay_mode = relay_modes.check(relay)
         self.doc = store.read()
         self.lease = 0
         self.store_lost = None  # monotonic time the store went away
@@ -127,6 +128,7 @@ class Forwarder:
         self.relays = RelaySet(self._relay_gone)
         self.tasks = set()
         self.poller = None  # one epoll for every relayed socket, made with the first relay
+        self.engine = None  # EngineRelays: the relay engine's thread, made with its first relay
         self.policies = Policies()
         self.attempts = {}  # trace -> (app socket, policy.Attempt) of open outbound connections
         self.reaper = IdleReaper(clock=time.monotonic)
@@ -187,6 +189,8 @@ class Forwarder:
             r.abort()
         if self.poller:
             self.poller.close()
+        if self.engine:
+            self.engine.close()
         if self.http_pool:
             self.http_pool.close()
         for checker, _check in self.checkers.values():
@@ -349,7 +353,9 @@ class Forwarder:
                     r.close()
                 if time.monotonic() >= backstop:
                     backstop = time.monotonic() + 5.0
-                    for trace in [t for t, (conn, _a) in self.attempts.items() if conn.fileno() < 0]:
+                    relayed = {r.info[2] for r in self.relays if r.info}  # the engine's sockets are detached
+                    for trace in [t for t, (conn, _a) in self.attempts.items()
+                                  if conn.fileno() < 0 and t not in relayed]:
                         self.attempts.pop(trace)[1].close()
             except Exception as e:  # noqa: BLE001 - the sweep must go on
                 log.error("sweep: %s", e)
@@ -468,6 +474,11 @@ class Forwarder:
 
     def _relay(self, a, b, info, to_b=b"", to_a=b""):
         """info: (service, endpoint, trace, source)."""
+        if self.relay_mode == "engine":
+            if self.engine is None:
+                self.engine = EngineRelays(asyncio.get_running_loop())
+            self.relays.add(self.engine.relay(a, b, to_b, to_a, self.relays.discard, info))
+            return
         if self.poller is None:
             self.poller = Poller(asyncio.get_running_loop())
         r = Relay(self.poller, a, b, to_b=to_b, to_a=to_a,
@@ -694,7 +705,7 @@ class Forwarder:
             return {"ok": True}
         if cmd == "relay":  # new connections only; the bench switches paths this way
             try:
-                self.relay_mode = check_relay_mode(req.get("mode"))
+                self.relay_mode = relay_modes.check(req.get("mode"))
             except ValueError as e:
                 return {"ok": False, "error": str(e)}
             return self.status()
@@ -844,13 +855,7 @@ def source_key(pod: PodState, conn) -> str:
     return ip
 
 
-def check_relay_mode(mode) -> str:
-    if mode not in RELAY_MODES:
-        raise ValueError(f"relay mode must be one of {', '.join(RELAY_MODES)}, not {mode!r}")
-    return mode
-
-
-def run(store_url: str, node: str, run_root: str, relay: str = "auto") -> int:
+def run(store_url: str, node: str, run_root: str, relay: str = relay_modes.BUILT_IN_DEFAULT) -> int:
     """Foreground entry: enter the node's namespace, serve until told to stop."""
     # Every relayed connection holds two sockets and two pipes (six fds): the
     # default soft limit of 1024 would cap a node at ~170 connections.

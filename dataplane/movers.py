@@ -101,11 +101,12 @@ class AutoMover:
     9.2 Gbit/s across nodes) and on round-trip p99. A direction starts with copy and moves to
     splice for good the first time one readiness moves BULK bytes or more with nothing left
     over (so no byte is in flight in the copy mover when it changes)."""
-    __slots__ = ("inner",)
+    __slots__ = ("inner", "pool")
     BULK = 64 * 1024
 
-    def __init__(self, initial: bytes = b""):
+    def __init__(self, initial: bytes = b"", pool=None):
         self.inner = CopyMover(initial)
+        self.pool = pool
 
     @property
     def pending(self) -> int:
@@ -118,7 +119,7 @@ class AutoMover:
     def step(self, src_fd: int, dst_fd: int, budget: int):
         moved, status = self.inner.step(src_fd, dst_fd, budget)
         if moved >= self.BULK and type(self.inner) is CopyMover and not self.inner.rest:
-            self.inner = SpliceMover()
+            self.inner = SpliceMover(pool=self.pool)
         return moved, status
 
     def release(self) -> None:
@@ -128,12 +129,13 @@ class AutoMover:
         self.inner.discard()
 
 
-def make(mode: str, initial: bytes = b""):
-    """The mover for a relay in this mode (see the module doc)."""
+def make(mode: str, initial: bytes = b"", pool=None):
+    """The mover for a relay in this mode (see the module doc); pool: where splice pipes
+    come from (default POOL, the event loop's; another thread needs its own)."""
     if mode == "auto":
-        return AutoMover(initial)
+        return AutoMover(initial, pool)
     if mode == "splice":
-        return SpliceMover(initial)
+        return SpliceMover(initial, pool)
     if mode == "copy":
         return CopyMover(initial)
     raise ValueError(f"relay mode must be one of {', '.join(MODES)}, not {mode!r}")

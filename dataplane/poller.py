@@ -1,4 +1,5 @@
-"""One epoll for every relayed socket, itself a single reader in the asyncio loop.
+"""One epoll for every relayed socket, itself a single reader in the asyncio loop (or, with
+no loop, polled by its owner's thread: the Python relay engine, dataplane/engine_py.py).
 
 asyncio's add_reader/add_writer keep a Handle, a selector key and a bound method per socket
 and direction, and run every ready socket through a Handle of their own. A forwarder holding
@@ -18,11 +19,12 @@ BATCH = 256  # events taken per wake-up
 
 
 class Poller:
-    def __init__(self, loop):
+    def __init__(self, loop=None):
         self.loop = loop
         self.ep = select.epoll()
         self.owners = {}  # fd -> object with .event(fd, events)
-        loop.add_reader(self.ep.fileno(), self._ready)
+        if loop is not None:
+            loop.add_reader(self.ep.fileno(), self.dispatch)
 
     def set(self, fd: int, owner, old: int, new: int) -> None:
         """Change what fd is watched for, from mask old to mask new (0: not at all).
@@ -44,9 +46,10 @@ class Poller:
     def __len__(self):
         return len(self.owners)
 
-    def _ready(self) -> None:
+    def dispatch(self, timeout: float = 0) -> None:
+        """Wait up to timeout seconds (-1: for ever) and run the owners of what is ready."""
         owners = self.owners
-        for fd, events in self.ep.poll(0, BATCH):
+        for fd, events in self.ep.poll(timeout, BATCH):
             owner = owners.get(fd)  # None: closed by an earlier event of this batch
             if owner is not None:
                 owner.event(fd, events)
@@ -54,6 +57,7 @@ class Poller:
     def close(self) -> None:
         if self.ep.closed:
             return
-        self.loop.remove_reader(self.ep.fileno())
+        if self.loop is not None:
+            self.loop.remove_reader(self.ep.fileno())
         self.ep.close()
         self.owners.clear()

@@ -26,10 +26,10 @@ def _load(name):
         return None
 
 
-_choice = os.environ.get("GLASSWING_PUMP", "").strip().lower() or "auto"
-if _choice not in ("auto", "cython", "python"):
-    raise ValueError(f"GLASSWING_PUMP must be auto, cython or python, not {_choice!r}")
-_impl = None if _choice == "python" else _load(_choice)
+CHOICE = os.environ.get("GLASSWING_PUMP", "").strip().lower() or "auto"
+if CHOICE not in ("auto", "cython", "python"):
+    raise ValueError(f"GLASSWING_PUMP must be auto, cython or python, not {CHOICE!r}")
+_impl = None if CHOICE == "python" else _load(CHOICE)
 if _impl is None:
     _impl, IMPL = pump_py, "python"
 else:

@@ -35,7 +35,8 @@ class Relay:
                  "error", "mode", "dirs")
 
     def __init__(self, poller, a: socket.socket, b: socket.socket, to_b: bytes = b"",
-                 to_a: bytes = b"", on_close=None, info: tuple = (), mode: str = "splice"):
+                 to_a: bytes = b"", on_close=None, info: tuple = (), mode: str = "splice",
+                 pool=None):
         self.poller = poller
         self.a, self.b = a, b
         self.fa, self.fb = a.fileno(), b.fileno()
@@ -45,8 +46,8 @@ class Relay:
         self.closed = False
         self.error = None
         self.mode = mode
-        self.dirs = (Direction(a, b, movers.make(mode, to_b)),
-                     Direction(b, a, movers.make(mode, to_a)))
+        self.dirs = (Direction(a, b, movers.make(mode, to_b, pool)),
+                     Direction(b, a, movers.make(mode, to_a, pool)))
 
     def start(self) -> None:
         for d in self.dirs:

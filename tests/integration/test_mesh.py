@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dataplane import tunnel_codec as tc
+from dataplane import relay_modes, tunnel_codec as tc
 
 from .conftest import client
 
@@ -46,7 +46,7 @@ def test_small_and_empty_payloads(mesh):
         assert r.get("error") is None and r["received"] == size and r["same"], r
 
 
-@pytest.mark.parametrize("mode", ["copy", "splice", "auto"])  # auto last: the default
+@pytest.mark.parametrize("mode", ["copy", "splice", "engine", "auto"])  # auto last: the default
 def test_every_relay_mode_carries_bytes_exactly(mesh, mode):
     for node in ("n1", "n2"):
         assert mesh.admin(node, "relay", mode=mode)["relay"] == mode
@@ -161,7 +161,7 @@ def test_unknown_service_on_tunnel(mesh):
 
 def test_status_reports_pods_and_connections(mesh):
     st = mesh.ctl("n1").status()
-    assert st["running"] and st["pods"] == ["client", "web1"] and st["relay"] == "auto" and st["pump"] in ("cython", "python")
+    assert st["running"] and st["pods"] == ["client", "web1"] and st["relay"] == relay_modes.default() and st["pump"] in ("cython", "python")
     st2 = mesh.ctl("n2").status()
     assert st2["pods"] == ["web2"]
     with open(f"/proc/{st['pid']}/limits") as f:  # room for many long-lived connections

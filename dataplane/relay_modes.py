@@ -1,0 +1,25 @@
+"""The relays a forwarder can carry opaque connections with, and the default.
+
+- engine: the relay engine's thread (dataplane/engine_relays.py), C without the GIL, with
+  auto's choice of copy or splice per direction;
+- auto, splice, copy: in the event loop (dataplane/relay.py with dataplane/movers.py).
+
+GLASSWING_RELAY sets the default for `glasswing up` and for every forwarder started by
+dataplane/control.py (the lab, the demo, the benches, the tests).
+"""
+import os
+
+from .movers import MODES as LOOP_MODES
+
+MODES = ("engine", *LOOP_MODES)
+BUILT_IN_DEFAULT = "auto"
+
+
+def default() -> str:
+    return os.environ.get("GLASSWING_RELAY", "").strip() or BUILT_IN_DEFAULT
+
+
+def check(mode) -> str:
+    if mode not in MODES:
+        raise ValueError(f"relay mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
