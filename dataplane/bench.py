@@ -4,9 +4,10 @@ Topologies (built here, torn down even on Ctrl-C):
     same node:  client --(path)--> server          (both on n1)
     two nodes:  client --(path)--> server2         (n1 -> n2 over the underlay)
 
-Paths: direct (no mesh); mesh (the forwarders with the default relay, auto: copy for small
-messages, splice once a direction carries bulk; the tunnel across nodes); mesh splice and
-mesh copy (the same with each relay forced);
+Paths: direct (no mesh); mesh (the forwarders with the default relay, dataplane/
+relay_modes.py; the tunnel across nodes); "mesh MODE" for every other relay mode, forced
+(engine: the C thread; auto, splice, copy: in the event loop; --quick leaves out splice
+and copy);
 socket lb (connect4 picks the endpoint, no forwarder on the path); HAProxy placed where the
 forwarder sits (one hop on n1, or a pair n1 -> n2 for two nodes), the reference a user would
 otherwise pick.
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import time
 
+from . import relay_modes
 from .bench_run import iperf3_gbps, torn_down, write_json
 from .bench_http import HTTP_PORT, nginx_argv, parse_wrk, wrk_argv
 from .lab import Lab
@@ -101,25 +103,18 @@ class Bench:
 
     def paths(self):
         gw = self.n1["gateway"]
+        mesh = [(p, None, 0) for p in mesh_paths(self.quick)]
         return [
-            ("same node", "direct", self.server["ip"], 0),
-            ("same node", "mesh", None, 0),
-            ("same node", "mesh splice", None, 0),
-            ("same node", "mesh copy", None, 0),
-            ("same node", "socket lb", None, 0),
-            ("same node", "haproxy", gw, PROXY_PORT),
-            ("two nodes", "direct", self.server2["ip"], 0),
-            ("two nodes", "mesh", None, 0),
-            ("two nodes", "mesh splice", None, 0),
-            ("two nodes", "mesh copy", None, 0),
-            ("two nodes", "socket lb", None, 0),
-            ("two nodes", "haproxy pair", gw, PROXY_PORT + 100),
+            *[("same node", *p) for p in [("direct", self.server["ip"], 0), *mesh, ("socket lb", None, 0),
+                                          ("haproxy", gw, PROXY_PORT)]],
+            *[("two nodes", *p) for p in [("direct", self.server2["ip"], 0), *mesh, ("socket lb", None, 0),
+                                          ("haproxy pair", gw, PROXY_PORT + 100)]],
         ]
 
     # ------------------------------------------------------------ tools
 
     def _dest(self, topo, path, ip, offset, port):
-        if path in ("mesh", "mesh splice", "mesh copy", "socket lb"):
+        if path.startswith("mesh") or path == "socket lb":
             server = "server" if topo == "same node" else "server2"
             return self.vips[f"{server}-{port}" + ("-lb" if path == "socket lb" else "")], port
         return ip, (offset + port) if offset else port
@@ -151,8 +146,8 @@ class Bench:
         return got["rps"]
 
     def _relay(self, path):
-        """The forwarders' relay for this path: "mesh copy" and "mesh splice" force one, else auto."""
-        mode = {"mesh copy": "copy", "mesh splice": "splice"}.get(path, "auto")
+        """The forwarders' relay for this path: "mesh MODE" forces MODE, else the default."""
+        mode = path[len("mesh "):] if path.startswith("mesh ") else relay_modes.default()
         for node in ("n1", "n2"):
             self.lab.admin(node, "relay", mode=mode)
 
@@ -235,7 +230,8 @@ def table(results) -> str:
 def svg(results, title) -> str:
     """Bars per metric: one group per topology, one bar per path, labelled."""
     metrics = list(dict.fromkeys(r["metric"] for r in results))
-    colors = {"direct": "#888888", "mesh": "#2a7ab0", "mesh splice": "#5b9bc8", "mesh copy": "#8fb8d8",
+    colors = {"direct": "#888888", "mesh": "#2a7ab0", "mesh engine": "#1d5a85", "mesh auto": "#3f8cc0",
+              "mesh splice": "#5b9bc8", "mesh copy": "#8fb8d8",
               "socket lb": "#40a060",
               "haproxy": "#d08030", "haproxy pair": "#d08030"}
     w, panel_h, bar_w = 1100, 220, 46
@@ -263,6 +259,14 @@ def svg(results, title) -> str:
             x += 40
     out.append("</svg>")
     return "\n".join(out)
+
+
+def mesh_paths(quick: bool = False) -> list:
+    """"mesh" (the default relay), then "mesh MODE" for each other relay mode; --quick keeps
+    engine and auto (the engine and the event loop) and leaves out splice and copy."""
+    default = relay_modes.default()
+    modes = [m for m in relay_modes.MODES if m != default and not (quick and m in ("splice", "copy"))]
+    return ["mesh", *(f"mesh {m}" for m in modes)]
 
 
 def run(quick: bool, out_dir: str, say=print) -> list:
