@@ -26,8 +26,9 @@ def _checks():
     for tool in ("ip", "bpftool", "iperf3"):
         yield tool, shutil.which(tool) is not None, shutil.which(tool) or "not found"
     try:
+        from dataplane.engine import IMPL as ENGINE
         from dataplane.pump import IMPL
-        yield "relay", IMPL == "cython", f"pump: {IMPL}"
+        yield "relay", IMPL == "cython" and ENGINE == "c", f"pump: {IMPL}, engine: {ENGINE}"
     except Exception as e:  # noqa: BLE001
         yield "relay", False, str(e)
     try:

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import resource
-import secrets
 import signal
 import socket
 import time
@@ -63,6 +62,7 @@ from .http_proxy import (HTTP, ConnectFailed, HttpSession, HttpSettings, NoEndpo
                          new_metrics)
 from .http_proxy import ServicePolicy as HttpPolicy
 from .http_route import CONNECT_FAILURE, RESET, RouteTable, subset_matches
+from .trace_context import new_trace_id
 from .health import Checker
 from .kv import Compacted, Txn
 from .kv_open import open_kv
@@ -528,7 +528,7 @@ class Forwarder:
             for as long as the app keeps the connection (idle timeout only if configured)."""
             ep = upstreams.last[1] if upstreams.last else None
             try:
-                self._relay(client, upstream, (name, ep, secrets.token_hex(16), pod.name),
+                self._relay(client, upstream, (name, ep, new_trace_id(self.policies.rng), pod.name),
                             to_b=to_upstream, to_a=to_client)
             except Exception as e:  # noqa: BLE001 - this connection fails, the forwarder goes on
                 upstream.close()
@@ -550,7 +550,7 @@ class Forwarder:
             return self._refuse(conn, refused, f"service {name}: {refused}")
         key = source_key(pod, conn) if port.settings.load_balancer == "ring_hash" else None
         attempt = self.policies.attempt(port, sp.endpoints, key)
-        trace = secrets.token_hex(16)
+        trace = new_trace_id(self.policies.rng)
         try:
             upstream, to_app = await self._connect_upstream(pod, sp, dst, attempt, trace)
         except BaseException:
@@ -716,6 +716,7 @@ class Forwarder:
         return [k for k in self.doc["endpoints"] if k.startswith(mine)]
 
     def status(self) -> dict:
+        from .engine import IMPL as ENGINE
         from .pump import IMPL
         from .pipes import POOL
         return {"ok": True, "node": self.node, "pid": os.getpid(), "revision": self.doc["revision"],
@@ -723,6 +724,7 @@ class Forwarder:
                 "endpoints_published": len(self.published_keys()), "dns": self.resolver.counters,
                 "pods": sorted(self.pods), "services": len(self.doc["services"]),
                 "connections": len(self.relays), "relay": self.relay_mode, "pump": IMPL,
+                "engine": ENGINE,
                 "pipes": {"lent": POOL.lent, "idle": len(POOL.idle)}, "stats": self.stats,
                 "http": {**self.http_metrics,
                          "pool": dict(self.http_pool.stats, idle=self.http_pool.idle())
@@ -779,7 +781,7 @@ class MeshUpstreams:
         if sp is None or self.pod.name not in fwd.pods:
             raise ConnectFailed("the service or the client's pod is gone")
         try:
-            return await fwd._open(self.pod, sp, self.dst, ep, secrets.token_hex(16),
+            return await fwd._open(self.pod, sp, self.dst, ep, new_trace_id(fwd.policies.rng),
                                    fwd.policies.settings(sp.service).connect_timeout)
         except (StreamRejected, tc.PreambleError, KeyError, asyncio.TimeoutError) as e:
             fwd.stats["connect_failures"] += 1

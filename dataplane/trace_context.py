@@ -116,3 +116,10 @@ def ensure_trace(headers, rng) -> TraceHeaders:
 def ensure_trace_headers(headers, rng) -> tuple:
     """ensure_trace(headers, rng).headers."""
     return ensure_trace(headers, rng).headers
+
+
+def new_trace_id(rng) -> str:
+    """A trace id for a stream the mesh starts: 32 lowercase hex digits, never all zero.
+    From a random.Random seeded once from os.urandom: unpredictable enough to correlate
+    logs, and no getrandom(2) per connection."""
+    return f"{rng.getrandbits(128) or 1:032x}"

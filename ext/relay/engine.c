@@ -348,11 +348,13 @@ static void end(struct gw_engine *e, struct conn *c, uint32_t id, int error)
     }
     pthread_mutex_lock(&e->mu);
     c->state = ENDED;
+    int first = e->ended.len == 0;  /* later ones ride on the same wake-up of the owner */
     int failed = push(&e->ended, &out);
     pthread_mutex_unlock(&e->mu);
     if (failed)
         abort();  /* the owner would wait forever for this end: fail loudly */
-    signal_fd(e->done_fd);
+    if (first)
+        signal_fd(e->done_fd);
 }
 
 /* One direction's turn (Relay._step). 1 when the connection ended. */
@@ -574,6 +576,7 @@ int64_t gw_engine_add(struct gw_engine *e, int a, int b, const char *to_b, size_
                 id = e->next_unused++;
         }
     }
+    int first = e->added.len == 0 && e->aborts.len == 0;  /* else a wake-up is on its way */
     if (!err && push(&e->added, &id) < 0) {
         struct conn *c = slot(e, id);
         c->next_free = e->free_head;
@@ -608,7 +611,8 @@ int64_t gw_engine_add(struct gw_engine *e, int a, int b, const char *to_b, size_
         errno = err;
         return -1;
     }
-    signal_fd(e->wake_fd);
+    if (first)
+        signal_fd(e->wake_fd);
     return id;
 }
 
@@ -624,13 +628,15 @@ int gw_engine_end(struct gw_engine *e, uint32_t id, int reset)
 {
     uint32_t item = id | (reset ? 0 : GRACEFUL);
     pthread_mutex_lock(&e->mu);
+    int first = e->added.len == 0 && e->aborts.len == 0;
     int rc = id < GRACEFUL && open_conn(e, id) && push(&e->aborts, &item) == 0 ? 0 : -1;
     pthread_mutex_unlock(&e->mu);
     if (rc < 0) {
         errno = ESRCH;
         return -1;
     }
-    signal_fd(e->wake_fd);
+    if (first)
+        signal_fd(e->wake_fd);
     return 0;
 }
 
