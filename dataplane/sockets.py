@@ -15,14 +15,14 @@ IP_BIND_ADDRESS_NO_PORT = 24
 def marked_socket(ns_fd: int = None, home_fd: int = None, kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A non-blocking socket (TCP unless kind says otherwise) with the
     forwarder mark, made in namespace ns_fd (the caller's own if None)."""
+    flags = kind | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK  # non-blocking from birth: no fcntl
     if ns_fd is not None:
         with netns.entered(ns_fd, home_fd):
-            s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+            s = socket.socket(socket.AF_INET, flags)
     else:
-        s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+        s = socket.socket(socket.AF_INET, flags)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
-        s.setblocking(False)
     except OSError:
         s.close()
         raise
