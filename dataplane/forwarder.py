@@ -621,7 +621,7 @@ class Forwarder:
         self.stats["tunnel_in"] += 1
         reader = tc.PreambleReader("open")
         try:
-            ev = await asyncio.wait_for(read_preamble(sock, reader), PREAMBLE_TIMEOUT)
+            ev = await read_preamble(sock, reader)
         except tc.PreambleError as e:
             return await self._reject(sock, e.reason, str(e), "")
         except asyncio.TimeoutError:

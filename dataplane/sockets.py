@@ -69,20 +69,27 @@ async def connect(s: socket.socket, addr, timeout: float, source: str = None) ->
         raise OSError(err, f"connect {addr[0]}:{addr[1]}: {os.strerror(err)}")
     if _established(s):  # a peer on this machine: the handshake ran inside connect(2)
         return
+    await ready(s, True, timeout, f"connect {addr[0]}:{addr[1]}: no answer within {timeout:g}s")
+    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"connect {addr[0]}:{addr[1]}: {os.strerror(err)}")
+
+
+async def ready(s: socket.socket, write: bool, timeout: float, late: str) -> None:
+    """Wait until s is writable (write) or readable, at most timeout seconds, then
+    TimeoutError(late). One future and one timer, no Task: this is on the per-connection
+    path (asyncio.wait_for costs a Task)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     fd = s.fileno()
-    loop.add_writer(fd, lambda: done.done() or done.set_result(None))
-    timer = loop.call_later(timeout, lambda: done.done() or done.set_exception(
-        TimeoutError(f"connect {addr[0]}:{addr[1]}: no answer within {timeout:g}s")))
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+    add(fd, lambda: done.done() or done.set_result(None))
+    timer = loop.call_later(max(timeout, 0), lambda: done.done() or done.set_exception(TimeoutError(late)))
     try:
         await done
     finally:
         timer.cancel()
-        loop.remove_writer(fd)
-    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, f"connect {addr[0]}:{addr[1]}: {os.strerror(err)}")
+        remove(fd)
 
 
 def _established(s: socket.socket) -> bool:

@@ -5,7 +5,7 @@ import asyncio
 
 from . import tunnel_codec as tc
 from .settings import CONNECT_TIMEOUT, INBOUND_SOURCE, PREAMBLE_TIMEOUT, TUNNEL_PORT
-from .sockets import connect, marked_socket
+from .sockets import connect, marked_socket, ready
 
 
 class StreamRejected(Exception):
@@ -34,10 +34,19 @@ async def connect_in_pod(ns_fd: int, home_fd: int, ip: str, port: int, timeout: 
     return await dial((ip, port), ns_fd, home_fd, source=INBOUND_SOURCE, timeout=timeout)
 
 
-async def read_preamble(sock, reader: tc.PreambleReader):
+async def read_preamble(sock, reader: tc.PreambleReader, timeout: float = PREAMBLE_TIMEOUT):
+    """The preamble's event, read within timeout seconds (TimeoutError after). Reads at once
+    what is already there (a StreamOpen usually arrives with the connection) and waits with
+    one future per wait, no Task: it runs twice for every connection across nodes."""
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     while True:
-        data = await loop.sock_recv(sock, 4096)
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            await ready(sock, False, deadline - loop.time(),
+                        f"no complete preamble within {timeout:g}s")
+            continue
         if not data:
             raise ConnectionError("peer closed during the preamble")
         event = reader.feed(data)
@@ -54,7 +63,7 @@ async def open_tunnel(node_ip: str, open_msg: tc.Open, timeout: float = None):
     try:
         await loop.sock_sendall(s, tc.encode_open(open_msg))
         reader = tc.PreambleReader("reply")
-        event = await asyncio.wait_for(read_preamble(s, reader), PREAMBLE_TIMEOUT)
+        event = await read_preamble(s, reader)
         if isinstance(event, tc.Reject):
             raise StreamRejected(event.reason, event.detail)
         return s, reader.leftover
