@@ -28,7 +28,7 @@ import subprocess
 import time
 
 from . import relay_modes
-from .bench_run import iperf3_gbps, torn_down, write_json
+from .bench_run import iperf3_gbps, roomy_ports, torn_down, write_json
 from .bench_http import HTTP_PORT, nginx_argv, parse_wrk, wrk_argv
 from .lab import Lab
 
@@ -76,6 +76,7 @@ class Bench:
             lab.spawn(name, ["taskset", "-c", "0", "sockperf", "sr", "--tcp", "-i", rec["ip"],
                              "-p", str(SOCKPERF_PORT)])
             lab.spawn(name, nginx_argv(lab.dir, name, rec["ip"]))
+        roomy_ports(lab)  # as in bench connections: wrk's close runs open ~10^5 connections
         doc = lab.doc
         self.n1, self.n2 = doc["nodes"]["n1"], doc["nodes"]["n2"]
         # HAProxy where the forwarder sits: one hop on n1, and a pair n1 -> n2

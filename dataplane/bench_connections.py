@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from .bench_run import torn_down, two_nodes, write_json
+from .bench_run import roomy_ports, torn_down, two_nodes, write_json
 from .lab import Lab
 
 PORT = 9000
@@ -61,13 +61,7 @@ class ConnBench:
         lab = self.lab
         self.ip, self.vip = two_nodes(lab, {"echo": (f"{PORT}/tcp", "server"),
                                             "echo2": (f"{PORT}/tcp", "server2")})
-        doc = lab.doc
-        # Thousands of short connections a second from one address: let connect() reuse
-        # TIME_WAIT ports (per namespace; the lab's namespaces only), or the direct baseline
-        # runs out of ports after a few runs and measures the port search instead.
-        for ns in [p["netns"] for p in doc["pods"].values()] + [n["netns"] for n in doc["nodes"].values()]:
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
-                            "net.ipv4.ip_local_port_range=16000 65000"], check=True)
+        roomy_ports(lab)
         for pod in ("server", "server2"):
             lab.spawn(pod, [sys.executable, "-m", "dataplane.bench_peer", "serve", self.ip[pod], str(PORT)])
         self.fwd = {n: lab.ctl(n).forwarder_pid() for n in ("n1", "n2")}

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 
 
@@ -64,3 +65,14 @@ def two_nodes(lab, services: dict) -> tuple[dict, dict]:
     doc = lab.doc
     return ({n: p["ip"] for n, p in doc["pods"].items()},
             {s["name"]: s["vip"] for s in doc["services"].values()})
+
+
+def roomy_ports(lab) -> None:
+    """Thousands of short connections a second from one address: let connect() reuse
+    TIME_WAIT ports (per namespace; the lab's namespaces only), or a path (HAProxy's
+    upstream side, the direct baseline) runs out of ports after a few runs and measures
+    the port search instead."""
+    doc = lab.doc
+    for ns in [p["netns"] for p in doc["pods"].values()] + [n["netns"] for n in doc["nodes"].values()]:
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
+                        "net.ipv4.ip_local_port_range=16000 65000"], check=True)

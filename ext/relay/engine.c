@@ -30,6 +30,7 @@
 #define BUDGET (4u << 20)         /* bytes read per direction per readiness: fairness */
 #define CHUNK 262144u             /* most bytes asked per read or splice */
 #define BULK (64u * 1024)         /* auto: one readiness moving this much switches to splice */
+#define SMALL (16u * 1024)        /* a short read below this ends a copy turn (see copy_loop) */
 #define PIPE_SIZE (1 << 20)
 #define PIPES_KEPT 64
 #define SLOTS_PER_CHUNK 1024u
@@ -175,7 +176,11 @@ static int flush_rest(struct dir *d, int dst, size_t *moved, int *err)
     return 0;
 }
 
-/* src -> scratch -> dst until EAGAIN, EOF or budget; a partial write keeps the rest. */
+/* src -> scratch -> dst until EAGAIN, EOF or budget; a partial write keeps the rest.
+ * A short read of a small message means the receive queue was empty at that moment: the
+ * loop stops there instead of asking again for an EAGAIN (one syscall less per message of
+ * request/response traffic; epoll is level-triggered, so bytes or a FIN that came meanwhile
+ * are reported). Bulk keeps reading until EAGAIN, so auto sees how much one readiness moves. */
 static int copy_loop(struct gw_engine *e, struct dir *d, int src, int dst, size_t *moved,
                      int *err)
 {
@@ -219,6 +224,8 @@ static int copy_loop(struct gw_engine *e, struct dir *d, int src, int dst, size_
             off += (size_t)w;
             *moved += (size_t)w;
         }
+        if ((size_t)n < want && (size_t)n < SMALL)
+            return SRC_DRAINED;
     }
 }
 
