@@ -235,7 +235,11 @@ def svg(results, title) -> str:
               "mesh splice": "#5b9bc8", "mesh copy": "#8fb8d8",
               "socket lb": "#40a060",
               "haproxy": "#d08030", "haproxy pair": "#d08030"}
-    w, panel_h, bar_w = 1100, 220, 46
+    panel_h, bar_w = 220, 46
+    groups = {(r["metric"], r["topology"]) for r in results}
+    bars = max((sum(1 for r in results if (r["metric"], r["topology"]) == g) for g in groups), default=1)
+    topos = len({r["topology"] for r in results}) or 1
+    w = max(1100, 20 + topos * (bars * (bar_w + 30) + 40))  # every bar and label fits
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{60 + panel_h * len(metrics)}" '
            'font-family="sans-serif" font-size="12">',
            f'<text x="10" y="24" font-size="16" font-weight="bold">{title}</text>']
