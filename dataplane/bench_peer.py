@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import random
+import resource
 import sys
 import time
 
@@ -115,7 +116,16 @@ async def rate(ip, port, n, concurrency):
          errors=errors)
 
 
+def roomy_fd_limit() -> None:
+    """Thousands of sockets: the soft open-file limit up to the hard one (a login shell's
+    soft limit is often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv=None):
+    roomy_fd_limit()
     p = argparse.ArgumentParser(prog="bench_peer")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")

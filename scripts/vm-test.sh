@@ -11,6 +11,9 @@
 #                                  since /dev/kvm on these hosts cannot run a stock kernel)
 #   GLASSWING_VM_TIERS="bpf"       test tiers run in the VM (unit and integration may be added)
 #   GLASSWING_VM_BENCH=1           also run `glasswing bench datapath --quick` in the VM
+#   GLASSWING_VM_CONNECTIONS=N     also run `glasswing bench connections --quick` with N
+#                                  long-lived connections held 10 s (the IM case where root may
+#                                  raise the open-file limit, unlike some container hosts)
 #   GLASSWING_VM_KEEP=1            leave the VM up on exit (for debugging; no cleanup);
 #                                  `scripts/vm-test.sh --destroy` removes it later
 set -euo pipefail
@@ -173,6 +176,9 @@ for tier in ${GLASSWING_VM_TIERS-bpf}; do
 done
 if [ "${GLASSWING_VM_BENCH:-}" = 1 ]; then
   step bench 'sudo glasswing bench datapath --quick'
+fi
+if [ -n "${GLASSWING_VM_CONNECTIONS:-}" ]; then
+  step connections "sudo glasswing bench connections --quick --connections ${GLASSWING_VM_CONNECTIONS} --hold 10 --out /tmp/gw-results"
 fi
 scp -F "$sshcfg" -o LogLevel=ERROR -q 'default:/tmp/gw-results/*' "$results/" || vm_say "no junit files to copy"
 vssh 'sudo journalctl -b --no-pager' > "$results/vm-journal.log" 2>&1 || true
