@@ -7,7 +7,7 @@ setup(
     packages=["dataplane", "dataplane.proto", "glasswing"],
     package_dir={"glasswing": "cli", "": "."},
     ext_modules=cythonize(
-        [Extension("dataplane._pump_c", ["ext/pump.pyx"]),
+        [Extension("dataplane._pump_c", ["ext/pump.pyx"], include_dirs=["ext"]),
          Extension("dataplane._engine_c", ["ext/engine.pyx", "ext/relay/engine.c"],
                    include_dirs=["ext"], extra_compile_args=["-O2", "-Wall"])],
         compiler_directives={"language_level": 3},

@@ -115,10 +115,7 @@ class Engine:
 
     def done(self) -> list:
         self._check()
-        try:
-            os.eventfd_read(self._done_fd)
-        except BlockingIOError:
-            pass
+        _drain(self._done_fd)
         with self._lock:
             out, self._ended = self._ended, []
             for cid, *_rest in out:
@@ -174,10 +171,7 @@ class Engine:
         """The poller reports the wake fd to nobody (it has no owner): look at the queues
         after every wake-up instead. The wake count is read first, so a request queued
         after it wakes the thread again."""
-        try:
-            os.eventfd_read(self._wake)
-        except BlockingIOError:
-            pass
+        _drain(self._wake)
         with self._lock:
             added, self._added = self._added, []
             aborts, self._aborts = self._aborts, []
@@ -208,6 +202,13 @@ class Engine:
         with self._lock:
             self._ended.append((cid, code, counts[0], counts[1]))
         os.eventfd_write(self._done_fd, 1)
+
+
+def _drain(eventfd: int) -> None:
+    try:
+        os.eventfd_read(eventfd)
+    except BlockingIOError:  # nothing signalled since the last read
+        pass
 
 
 def _reset_fd(fd: int) -> None:

@@ -3,19 +3,19 @@
 fd (zero copy), copy() reads into a scratch buffer and writes.
 
 Cython twin of dataplane/pump_py.py: same signatures, constants and semantics (that module's
-docstrings are the reference). pump's loop is pump_loop from ext/pump.pxd, run without the GIL.
+docstrings are the reference). pump's loop is gw_splice_loop (ext/relay/splice_loop.h, shared with the
+relay engine), run without the GIL.
 """
 
 import os
 
 from libc.errno cimport errno, EAGAIN, EINTR
-from pump cimport (pump_loop, PUMP_SRC_EOF, PUMP_DST_BLOCKED, PUMP_SRC_DRAINED,
-                   PUMP_CHUNK)
+from pump cimport gw_splice_loop, GW_SRC_EOF, GW_DST_BLOCKED, GW_SRC_DRAINED, GW_CHUNK
 
-SRC_EOF = PUMP_SRC_EOF
-DST_BLOCKED = PUMP_DST_BLOCKED
-SRC_DRAINED = PUMP_SRC_DRAINED
-CHUNK = PUMP_CHUNK
+SRC_EOF = GW_SRC_EOF
+DST_BLOCKED = GW_DST_BLOCKED
+SRC_DRAINED = GW_SRC_DRAINED
+CHUNK = GW_CHUNK
 
 
 def pump(int src_fd, int dst_fd, int pipe_r, int pipe_w, Py_ssize_t pending, Py_ssize_t budget):
@@ -25,14 +25,14 @@ def pump(int src_fd, int dst_fd, int pipe_r, int pipe_w, Py_ssize_t pending, Py_
     """
     if pending < 0 or budget < 0:
         raise ValueError("pending and budget must be >= 0")
-    cdef Py_ssize_t moved = 0
+    cdef size_t in_pipe = <size_t>pending, moved = 0
     cdef int err = 0
     cdef int status
     with nogil:
-        status = pump_loop(src_fd, dst_fd, pipe_r, pipe_w, &pending, budget, &moved, &err)
+        status = gw_splice_loop(src_fd, dst_fd, pipe_r, pipe_w, &in_pipe, <size_t>budget, &moved, &err)
     if status < 0:
         raise OSError(err, os.strerror(err))
-    return moved, pending, status
+    return moved, in_pipe, status
 
 
 cdef extern from "unistd.h" nogil:
@@ -61,7 +61,7 @@ def copy(int src_fd, int dst_fd, bytes rest, Py_ssize_t budget):
             if errno == EINTR:
                 continue
             if errno == EAGAIN:
-                return moved, rest[off:], PUMP_DST_BLOCKED
+                return moved, rest[off:], GW_DST_BLOCKED
             raise OSError(errno, os.strerror(errno))
         moved += w
         off += w
@@ -77,10 +77,10 @@ def copy(int src_fd, int dst_fd, bytes rest, Py_ssize_t budget):
             if errno == EINTR:
                 continue
             if errno == EAGAIN:
-                return moved, b"", PUMP_SRC_DRAINED
+                return moved, b"", GW_SRC_DRAINED
             raise OSError(errno, os.strerror(errno))
         if n == 0:
-            return moved, b"", PUMP_SRC_EOF
+            return moved, b"", GW_SRC_EOF
         taken += n
         off = 0
         while off < n:
@@ -89,7 +89,7 @@ def copy(int src_fd, int dst_fd, bytes rest, Py_ssize_t budget):
                 if errno == EINTR:
                     continue
                 if errno == EAGAIN:
-                    return moved, _scratch[off:n], PUMP_DST_BLOCKED
+                    return moved, _scratch[off:n], GW_DST_BLOCKED
                 raise OSError(errno, os.strerror(errno))
             moved += w
             off += w

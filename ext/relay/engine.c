@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include "engine.h"
+#include "splice_loop.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,12 +24,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define SRC_EOF 1        /* the status bits of dataplane/pump_py.py */
-#define DST_BLOCKED 2
-#define SRC_DRAINED 4
+#define SRC_EOF GW_SRC_EOF          /* the status bits of dataplane/pump_py.py */
+#define DST_BLOCKED GW_DST_BLOCKED
+#define SRC_DRAINED GW_SRC_DRAINED
 
 #define BUDGET (4u << 20)         /* bytes read per direction per readiness: fairness */
-#define CHUNK 262144u             /* most bytes asked per read or splice */
+#define CHUNK GW_CHUNK            /* most bytes asked per read */
 #define BULK (64u * 1024)         /* auto: one readiness moving this much switches to splice */
 #define SMALL (16u * 1024)        /* a short read below this ends a copy turn (see copy_loop) */
 #define PIPE_SIZE (1 << 20)
@@ -38,7 +39,6 @@
 #define WAKE UINT64_MAX
 #define NONE UINT32_MAX
 #define GRACEFUL (1u << 31)       /* in the aborts queue: close instead of reset */
-#define SPLICE_FLAGS (SPLICE_F_NONBLOCK | SPLICE_F_MOVE)  /* never SPLICE_F_MORE: see pump.pxd */
 
 enum { FREE, QUEUED, LIVE, ENDED };
 
@@ -154,11 +154,11 @@ static void pipe_put(struct gw_engine *e, struct dir *d)
 
 /* ---- moving bytes (engine thread) ---- */
 
-/* Write what is left in d->rest. 0 when it is all out, DST_BLOCKED, or -1 with *err. */
-static int flush_rest(struct dir *d, int dst, size_t *moved, int *err)
+/* Send buf[*off..len) to dst. 0 when it is all out, DST_BLOCKED, or -1 with *err. */
+static int send_all(int dst, const char *buf, size_t len, size_t *off, size_t *moved, int *err)
 {
-    while (d->rest_off < d->rest_len) {
-        ssize_t w = send(dst, d->rest + d->rest_off, d->rest_len - d->rest_off, MSG_NOSIGNAL);
+    while (*off < len) {
+        ssize_t w = send(dst, buf + *off, len - *off, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -167,9 +167,18 @@ static int flush_rest(struct dir *d, int dst, size_t *moved, int *err)
             *err = errno;
             return -1;
         }
-        d->rest_off += (size_t)w;
+        *off += (size_t)w;
         *moved += (size_t)w;
     }
+    return 0;
+}
+
+/* Write what is left in d->rest. 0 when it is all out, DST_BLOCKED, or -1 with *err. */
+static int flush_rest(struct dir *d, int dst, size_t *moved, int *err)
+{
+    int status = send_all(dst, d->rest, d->rest_len, &d->rest_off, moved, err);
+    if (status != 0)
+        return status;
     free(d->rest);
     d->rest = NULL;
     d->rest_len = d->rest_off = 0;
@@ -202,77 +211,33 @@ static int copy_loop(struct gw_engine *e, struct dir *d, int src, int dst, size_
             return SRC_EOF;
         taken += (size_t)n;
         size_t off = 0;
-        while (off < (size_t)n) {
-            ssize_t w = send(dst, e->scratch + off, (size_t)n - off, MSG_NOSIGNAL);
-            if (w < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN) {
-                    d->rest_len = (size_t)n - off;
-                    d->rest_off = 0;
-                    d->rest = malloc(d->rest_len);
-                    if (!d->rest) {
-                        *err = ENOMEM;
-                        return -1;
-                    }
-                    memcpy(d->rest, e->scratch + off, d->rest_len);
-                    return DST_BLOCKED;
-                }
-                *err = errno;
+        int status = send_all(dst, e->scratch, (size_t)n, &off, moved, err);
+        if (status == DST_BLOCKED) {  /* keep what dst did not take, for flush_rest */
+            d->rest_len = (size_t)n - off;
+            d->rest_off = 0;
+            d->rest = malloc(d->rest_len);
+            if (!d->rest) {
+                *err = ENOMEM;
                 return -1;
             }
-            off += (size_t)w;
-            *moved += (size_t)w;
+            memcpy(d->rest, e->scratch + off, d->rest_len);
         }
+        if (status != 0)
+            return status;
         if ((size_t)n < want && (size_t)n < SMALL)
             return SRC_DRAINED;
     }
 }
 
-/* src -> pipe -> dst, the loop of ext/pump.pxd: src is read only into an empty pipe. */
+/* src -> pipe -> dst with the loop the event loop's pump uses (splice_loop.h). */
 static int splice_loop(struct gw_engine *e, struct dir *d, int src, int dst, size_t *moved,
                        int *err)
 {
-    size_t taken = 0;
     if (d->pipe_r < 0 && pipe_get(e, d) < 0) {
         *err = errno;
         return -1;
     }
-    for (;;) {
-        while (d->pending > 0) {
-            ssize_t n = splice(d->pipe_r, NULL, dst, NULL, d->pending, SPLICE_FLAGS);
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN)
-                    return DST_BLOCKED;
-                *err = errno;
-                return -1;
-            }
-            if (n == 0) {
-                *err = EIO;
-                return -1;
-            }
-            d->pending -= (size_t)n;
-            *moved += (size_t)n;
-        }
-        if (taken >= BUDGET)
-            return 0;
-        size_t want = BUDGET - taken < CHUNK ? BUDGET - taken : CHUNK;
-        ssize_t n = splice(src, NULL, d->pipe_w, NULL, want, SPLICE_FLAGS);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN)
-                return SRC_DRAINED;
-            *err = errno;
-            return -1;
-        }
-        if (n == 0)
-            return SRC_EOF;
-        taken += (size_t)n;
-        d->pending += (size_t)n;
-    }
+    return gw_splice_loop(src, dst, d->pipe_r, d->pipe_w, &d->pending, BUDGET, moved, err);
 }
 
 static int move(struct gw_engine *e, struct conn *c, int i, size_t *moved, int *err)

@@ -20,11 +20,8 @@ import pytest
 from dataplane import engine as chooser
 from dataplane.engine_relays import EngineRelays
 
-from .test_pump import REQUIRE_ALL, tcp_pair
-from .test_relay import chunks_of, payload, read_all, writer
-
-TIMEOUT = 30.0
-
+from .test_pump import REQUIRE_ALL
+from .test_relay import TIMEOUT, crossing, payload, read_all, relay_pair, writer
 
 @pytest.fixture(params=["c", "python"])
 def twin(request):
@@ -42,17 +39,6 @@ def engine(twin):
     e = twin()
     yield e
     e.close()
-
-
-def pairs():
-    """(a, b, c, d): the engine gets b and c (non-blocking), the test keeps a and d."""
-    a, b = tcp_pair()
-    c, d = tcp_pair()
-    for s in (b, c):
-        s.setblocking(False)
-    for s in (a, d):
-        s.settimeout(TIMEOUT)
-    return a, b, c, d
 
 
 def hand_over(e, b, c, **kw):
@@ -91,19 +77,10 @@ def is_closed(fd):
 @pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
                                              (123_457, 2_500_001)])
 def test_bytes_arrive_exactly_both_ways_with_half_close(engine, mode, size_ab, size_dc):
-    a, b, c, d = pairs()
+    a, b, c, d = relay_pair()
     ab, dc = payload(1, size_ab), payload(2, size_dc)
-    got = {}
-
-    def side(name, src, dst, data, seed):
-        t = threading.Thread(target=writer, args=(src, chunks_of(data, seed)))
-        t.start()
-        got[name] = read_all(dst)
-        t.join()
-
     cid = hand_over(engine, b, c, mode=mode)
-    threads = [threading.Thread(target=side, args=("ab", a, d, ab, 3)),
-               threading.Thread(target=side, args=("dc", d, a, dc, 4))]
+    threads, got = crossing(a, d, ab, dc)
     for t in threads:
         t.start()
     ended = wait_done(engine)
@@ -119,7 +96,7 @@ def test_bytes_arrive_exactly_both_ways_with_half_close(engine, mode, size_ab, s
 
 @pytest.mark.parametrize("mode", ["auto", "splice", "copy"])
 def test_read_ahead_goes_first_and_one_side_may_close_first(engine, mode):
-    a, b, c, d = pairs()
+    a, b, c, d = relay_pair()
     back = payload(5, 1_000_000)
     cid = hand_over(engine, b, c, to_b=b"preamble-leftover", to_a=b"hello ", mode=mode)
     a.shutdown(socket.SHUT_WR)
@@ -133,7 +110,7 @@ def test_read_ahead_goes_first_and_one_side_may_close_first(engine, mode):
 
 @pytest.mark.parametrize("request_", ["abort", "close_conn"])
 def test_ends_on_request_reset_or_clean(engine, request_):
-    a, b, c, d = pairs()
+    a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c)
     a.sendall(b"x" * 1000)
     assert d.recv(2000) == b"x" * 1000
@@ -152,7 +129,7 @@ def test_ends_on_request_reset_or_clean(engine, request_):
 
 
 def test_a_reset_on_one_side_resets_the_other(engine):
-    a, b, c, d = pairs()
+    a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     a.close()
@@ -165,7 +142,7 @@ def test_a_reset_on_one_side_resets_the_other(engine):
 def test_stalled_reader_bounds_what_is_taken_from_the_writer(engine):
     """D never reads: the engine stops reading B once C is full, so A's writes block and the
     bytes moved stay bounded by the socket buffers, not by what A offers."""
-    a, b, c, d = pairs()
+    a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c)
     a.setblocking(False)
     offered, chunk = 0, b"z" * 65536
@@ -186,7 +163,7 @@ def test_stalled_reader_bounds_what_is_taken_from_the_writer(engine):
 
 def test_many_connections_at_once(engine):
     n = 200
-    conns = [pairs() for _ in range(n)]
+    conns = [relay_pair() for _ in range(n)]
     ids = [hand_over(engine, b, c) for a, b, c, d in conns]
     assert len(set(ids)) == n and len(engine) == n
     for i, (a, b, c, d) in enumerate(conns):
@@ -203,13 +180,13 @@ def test_many_connections_at_once(engine):
 
 
 def test_stop_resets_what_is_open_and_refuses_more(engine):
-    a, b, c, d = pairs()
+    a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c)
     engine.stop()
     assert engine.done() == [(cid, errno.ECONNABORTED, 0, 0)]
     with pytest.raises(ConnectionResetError):
         a.recv(10)
-    _a2, b2, c2, _d2 = pairs()
+    _a2, b2, c2, _d2 = relay_pair()
     fds = (b2.detach(), c2.detach())
     with pytest.raises(OSError) as exc:
         engine.add(*fds)
@@ -220,16 +197,16 @@ def test_stop_resets_what_is_open_and_refuses_more(engine):
 def test_past_max_conns_refused_and_ids_reused_after_done(twin):
     e = twin(2)
     try:
-        held = [pairs() for _ in range(2)]
+        held = [relay_pair() for _ in range(2)]
         ids = [hand_over(e, b, c) for a, b, c, d in held]
-        _a, b, c, _d = pairs()
+        _a, b, c, _d = relay_pair()
         fds = (b.detach(), c.detach())
         with pytest.raises(OSError) as exc:
             e.add(*fds)
         assert exc.value.errno == errno.EMFILE and all(is_closed(fd) for fd in fds)
         assert e.abort(ids[0])
         wait_done(e)
-        a, b, c, d = pairs()
+        a, b, c, d = relay_pair()
         assert hand_over(e, b, c) == ids[0]  # free again once done() returned it
         a.sendall(b"again")
         assert d.recv(10) == b"again"
@@ -238,7 +215,7 @@ def test_past_max_conns_refused_and_ids_reused_after_done(twin):
 
 
 def test_bad_mode_refused_and_fds_closed(engine):
-    _a, b, c, _d = pairs()
+    _a, b, c, _d = relay_pair()
     fds = (b.detach(), c.detach())
     with pytest.raises(KeyError):
         engine.add(*fds, mode="sockmap")
@@ -255,7 +232,7 @@ def test_engine_relays_report_ends_to_the_loop(twin, monkeypatch):
         loop = asyncio.get_running_loop()
         owner = EngineRelays(loop)
         ended = asyncio.Queue()
-        quads = [pairs() for _ in range(3)]
+        quads = [relay_pair() for _ in range(3)]
         rs = [owner.relay(b, c, b"", b"", ended.put_nowait, ("svc", i)) for i, (a, b, c, d) in enumerate(quads)]
         a, _b, _c, d = quads[0]
         a.sendall(b"1234")

@@ -65,7 +65,8 @@ def read_all(sock) -> bytes:
         out += b
 
 
-def relay_pair(mode, **kw):
+def relay_pair():
+    """(a, b, c, d): the relay gets b and c (non-blocking), the test keeps a and d."""
     a, b = tcp_pair()
     c, d = tcp_pair()
     for s in (b, c):
@@ -96,11 +97,10 @@ def chunks_of(data, seed):
     return out
 
 
-@pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
-                                             (123_457, 2_500_001)])
-def test_bytes_arrive_exactly_both_ways_with_half_close(mode, pool, size_ab, size_dc):
-    a, b, c, d = relay_pair(mode)
-    ab, dc = payload(1, size_ab), payload(2, size_dc)
+def crossing(a, d, ab, dc):
+    """Two threads, not started: one writes ab into a (random chunks, then half-close) and
+    reads d to EOF, the other the same with dc from d to a. got["ab"] and got["dc"] hold what
+    came out once they are joined."""
     got = {}
 
     def side(name, src, dst, data, seed):
@@ -109,19 +109,28 @@ def test_bytes_arrive_exactly_both_ways_with_half_close(mode, pool, size_ab, siz
         got[name] = read_all(dst)
         t.join()
 
+    return [threading.Thread(target=side, args=("ab", a, d, ab, 3)),
+            threading.Thread(target=side, args=("dc", d, a, dc, 4))], got
+
+
+@pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
+                                             (123_457, 2_500_001)])
+def test_bytes_arrive_exactly_both_ways_with_half_close(mode, pool, size_ab, size_dc):
+    a, b, c, d = relay_pair()
+    ab, dc = payload(1, size_ab), payload(2, size_dc)
+
     async def main():
         r, done = await run_relay(mode, b, c)
-        threads = [threading.Thread(target=side, args=("ab", a, d, ab, 3)),
-                   threading.Thread(target=side, args=("dc", d, a, dc, 4))]
+        threads, got = crossing(a, d, ab, dc)
         for t in threads:
             t.start()
         await asyncio.wait_for(done, TIMEOUT)
         for t in threads:
             await asyncio.to_thread(t.join, TIMEOUT)
-        return r
+        return r, got
 
     try:
-        r = asyncio.run(main())
+        r, got = asyncio.run(main())
     finally:
         for s in (a, b, c, d):
             s.close()
@@ -133,7 +142,7 @@ def test_bytes_arrive_exactly_both_ways_with_half_close(mode, pool, size_ab, siz
 
 def test_one_side_closed_first_the_other_keeps_sending(mode, pool):
     """A half-closes at once; D then streams 1 MB back, which must all reach A."""
-    a, b, c, d = relay_pair(mode)
+    a, b, c, d = relay_pair()
     back = payload(5, 1_000_000)
 
     async def main():
@@ -157,7 +166,7 @@ def test_one_side_closed_first_the_other_keeps_sending(mode, pool):
 def test_idle_connections_hold_no_pipe_and_a_stalled_reader_bounds_the_relay(mode, pool):
     """While D does not read, the relay stops reading A (it holds at most one pipe or one
     copy buffer per direction), so A's writes block; after D drains, nothing is lent."""
-    a, b, c, d = relay_pair(mode)
+    a, b, c, d = relay_pair()
     a.setblocking(False)
 
     async def main():
@@ -197,7 +206,7 @@ def test_idle_connections_hold_no_pipe_and_a_stalled_reader_bounds_the_relay(mod
 
 
 def test_reset_on_one_side_resets_the_other(mode, pool):
-    a, b, c, d = relay_pair(mode)
+    a, b, c, d = relay_pair()
 
     async def main():
         r, done = await run_relay(mode, b, c)
@@ -228,7 +237,7 @@ def test_peer_gone_while_the_other_side_is_blocked_loses_nothing(mode, pool):
     """C's peer D sends 8 MB, shuts down and closes while A is not reading: the relay has
     shut down C's write side already (A half-closed first), so C is reported HUP the whole
     time the b->a direction waits for A. That must not end the stream: A gets every byte."""
-    a, b, c, d = relay_pair(mode)
+    a, b, c, d = relay_pair()
     back = payload(7, 8_000_000)
 
     async def main():
