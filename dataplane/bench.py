@@ -22,6 +22,7 @@ the two vCPUs costs more than the path); throughput and wrk runs are not pinned.
 """
 import os
 import re
+from collections import Counter
 import signal
 import statistics
 import subprocess
@@ -236,8 +237,7 @@ def svg(results, title) -> str:
               "socket lb": "#40a060",
               "haproxy": "#d08030", "haproxy pair": "#d08030"}
     panel_h, bar_w = 220, 46
-    groups = {(r["metric"], r["topology"]) for r in results}
-    bars = max((sum(1 for r in results if (r["metric"], r["topology"]) == g) for g in groups), default=1)
+    bars = max(Counter((r["metric"], r["topology"]) for r in results).values(), default=1)
     topos = len({r["topology"] for r in results}) or 1
     w = max(1100, 20 + topos * (bars * (bar_w + 30) + 40))  # every bar and label fits
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{60 + panel_h * len(metrics)}" '

@@ -34,12 +34,10 @@ import select
 import socket
 import threading
 
+from .movers import MODES
 from .pipes import PipePool
 from .poller import Poller
 from .relay import Relay
-
-MODES = ("auto", "splice", "copy")
-
 
 class Engine:
     def __init__(self, max_conns: int = 1 << 20):

@@ -10,8 +10,9 @@ The movers have the same interface and the status bits of dataplane/pump_py.py:
 - "splice": src -> pipe -> dst with splice(2) in the Cython pump (or its Python twin); the
   bytes never enter userspace. The pipe comes from dataplane.pipes.POOL only while bytes are
   in flight.
-- "auto" (the default): copy while a direction's messages are small, splice for good once
-  it carries bulk (AutoMover: the faster of the two for each, as measured).
+- "auto" (the default in the event loop): copy while a direction's messages are small, splice
+  for good once it carries bulk (AutoMover: the faster of the two for each, as measured; the
+  relay engine, the forwarder's default relay, makes the same choice in C).
 - "copy": read into a scratch buffer shared by every connection, then write; the rest of a
   partial write is kept per direction. The loop is pump.copy (Cython, or its Python twin
   with GLASSWING_PUMP=python: the relay a plain asyncio program would write). The reference

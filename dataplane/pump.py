@@ -17,19 +17,28 @@ from dataplane import pump_py
 PIPE_SIZE = 1 << 20  # 1 MiB: fewer, larger splices; needs pipe-max-size >= 1 MiB (the default)
 
 
-def _load(name):
+CHOICE = os.environ.get("GLASSWING_PUMP", "").strip().lower() or "auto"
+if CHOICE not in ("auto", "cython", "python"):
+    raise ValueError(f"GLASSWING_PUMP must be auto, cython or python, not {CHOICE!r}")
+
+
+def built(module: str, required: bool = False):
+    """The compiled extension `module` (dataplane._pump_c, dataplane._engine_c), or None when
+    it is not built (ImportError instead when required)."""
     try:
-        return importlib.import_module("dataplane._pump_c")
+        return importlib.import_module(module)
     except ImportError:
-        if name == "cython":
+        if required:
             raise
         return None
 
 
-CHOICE = os.environ.get("GLASSWING_PUMP", "").strip().lower() or "auto"
-if CHOICE not in ("auto", "cython", "python"):
-    raise ValueError(f"GLASSWING_PUMP must be auto, cython or python, not {CHOICE!r}")
-_impl = None if CHOICE == "python" else _load(CHOICE)
+def chosen(module: str):
+    """The compiled extension as GLASSWING_PUMP picks it: None for python or when not built."""
+    return None if CHOICE == "python" else built(module, CHOICE == "cython")
+
+
+_impl = chosen("dataplane._pump_c")
 if _impl is None:
     _impl, IMPL = pump_py, "python"
 else:
@@ -64,7 +73,7 @@ def close_pipe(r: int, w: int) -> None:
 def twins() -> dict:
     """Available implementations, {"cython": module, "python": module}, for tests."""
     out = {}
-    c = _load("auto")
+    c = built("dataplane._pump_c")
     if c is not None:
         out["cython"] = c
     out["python"] = pump_py
