@@ -3,6 +3,10 @@ hands their fds to the parent over a unix socket (SCM_RIGHTS). The child
 exits at once; the programs live on through the fds, the maps through their
 pins. Keeps LLVM out of the long-running forwarder.
 
+The kernel relay (bpf/kernel_relay.c) comes in the same unit: its verdict
+program and its three maps, unpinned, so they live exactly as long as the
+parent holds their fds.
+
     python -m dataplane.bpf_loader PIN_DIR SOCKET_FD
 """
 import json
@@ -13,11 +17,14 @@ import sys
 
 from .errors import GlasswingError
 
-MAX_HOOKS = 16
+MAX_FDS = 16
+RELAY = "kernel_relay"
+RELAY_OBJECTS = ("gw_kr_verdict", "gw_kr_socks", "gw_kr_state", "gw_kr_events")
 
 
-def load(pin_dir: str) -> dict:
-    """{hook file: (prog fd, attach type number)} for every hook in bpf_programs.HOOKS."""
+def load(pin_dir: str) -> tuple[dict, dict]:
+    """({hook file: (prog fd, attach type number)} for every hook in bpf_programs.HOOKS,
+    {name: fd} for the kernel relay's program and maps, RELAY_OBJECTS)."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with parent:
         try:
@@ -26,7 +33,7 @@ def load(pin_dir: str) -> dict:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         finally:
             child.close()  # the child's copy is the only one left: EOF if it dies early
-        msg, fds, _flags, _addr = socket.recv_fds(parent, 65536, MAX_HOOKS)
+        msg, fds, _flags, _addr = socket.recv_fds(parent, 65536, MAX_FDS)
         _out, err = proc.communicate(timeout=120)
     if proc.returncode != 0 or not msg:
         for fd in fds:
@@ -34,7 +41,8 @@ def load(pin_dir: str) -> dict:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         raise GlasswingError(f"loading BPF programs failed: {lines[-1] if lines else 'loader exited'}")
     names = json.loads(msg)
-    return {n["file"]: (fd, n["attach_type"]) for n, fd in zip(names, fds)}
+    hooks = {n["file"]: (fd, n["attach_type"]) for n, fd in zip(names, fds)}
+    return hooks, dict(zip(RELAY_OBJECTS, fds[len(names):]))
 
 
 def one_unit(bpf_dir: str, files: list) -> str:
@@ -56,13 +64,16 @@ def _child(pin_dir: str, sock_fd: int) -> int:
     cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{BPF_DIR}"]
     names, fds = [], []
     try:
-        mod = bcc.BPF(text=one_unit(BPF_DIR, [h.file for h in HOOKS]).encode(), cflags=cflags)
+        mod = bcc.BPF(text=one_unit(BPF_DIR, [h.file for h in HOOKS] + [RELAY]).encode(), cflags=cflags)
         for hook in HOOKS:
             atype = getattr(bcc.BPFAttachType, hook.attach_type)
             kw = {} if hook.prog_type == "SOCK_OPS" else {"attach_type": atype}
             fn = mod.load_func(hook.function.encode(), getattr(bcc.BPFProgType, hook.prog_type), **kw)
             names.append({"file": hook.file, "attach_type": int(atype)})
             fds.append(fn.fd)
+        fds.append(mod.load_func(RELAY_OBJECTS[0].encode(), bcc.BPFProgType.SK_SKB).fd)
+        from bcc import libbcc  # bcc has no table class for a SOCKHASH: take the fd
+        fds += [libbcc.lib.bpf_table_fd(mod.module, name.encode()) for name in RELAY_OBJECTS[1:]]
     except Exception as e:  # noqa: BLE001 - reported to the parent as one line
         print(" ".join(str(e).split()), file=sys.stderr)
         return 1

@@ -15,6 +15,8 @@ from .errors import GlasswingError
 
 BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
 BPF_F_ALLOW_MULTI = 2  # coexist with programs others attach to the same cgroup
+SK_SKB_STREAM_VERDICT = 5  # enum bpf_attach_type
+KR_RING_BYTES = 16 * 4096  # gw_kr_events in bpf/kernel_relay.c
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,15 @@ class Programs:
         self.pin_dir = pin_dir
         self._progs = {}     # hook file -> (prog fd, attach type number)
         self._attached = []  # (cgroup path, cgroup fd, hook), in attach order
+        self.relay = {}      # the kernel relay's program and map fds (bpf_loader.RELAY_OBJECTS)
 
     def load(self) -> None:
         from . import bpf_loader
-        self._progs = bpf_loader.load(self.pin_dir)
+        self._progs, self.relay = bpf_loader.load(self.pin_dir)
+        # The verdict program on the relay's SOCKHASH: the attachment lives with the map, which
+        # lives with our fds (nothing is pinned), so close() undoes it whatever happens.
+        bpf_sys.prog_attach(self.relay["gw_kr_verdict"], self.relay["gw_kr_socks"],
+                            SK_SKB_STREAM_VERDICT, 0)
 
     def prog_ids(self) -> set:
         return {_prog_id(fd) for fd, _t in self._progs.values()}
@@ -120,6 +127,15 @@ class Programs:
         for fd, _t in self._progs.values():
             os.close(fd)
         self._progs.clear()
+        if self.relay:
+            try:
+                bpf_sys.prog_detach(self.relay["gw_kr_verdict"], self.relay["gw_kr_socks"],
+                                    SK_SKB_STREAM_VERDICT)
+            except OSError:
+                pass
+            for fd in self.relay.values():
+                os.close(fd)
+            self.relay = {}
 
 
 def _prog_id(fd: int) -> int:

@@ -11,8 +11,13 @@ without the GIL.
     add(a_fd, b_fd, to_b=b"", to_a=b"", mode="auto") -> id
         The fds (non-blocking sockets) are the engine's from here on, even when add raises
         (then both are reset and closed). to_b/to_a: bytes read ahead that go out first.
-        mode: "auto", "splice" or "copy" (dataplane/movers.py). OSError(EMFILE) past
+        mode: "auto", "splice" or "copy" (dataplane/movers.py), or "kernel": the C engine
+        then carries the bytes in the kernel (bpf/kernel_relay.c) until a direction carries
+        bulk; this twin has no kernel path and runs "kernel" as "auto". OSError(EMFILE) past
         max_conns open, OSError(ESHUTDOWN) once stopped.
+    kernel(socks_fd, state_fd, ring_fd, ring_bytes) -> bool
+                        give the engine the kernel relay's maps; False here (no kernel path),
+                        True from the C engine
     abort(id) -> bool   reset both sides; the connection ends with ECONNABORTED. False when
                         id is not open.
     close_conn(id) -> bool
@@ -65,9 +70,15 @@ class Engine:
         self._check()
         return self._done_fd
 
+    def kernel(self, socks_fd: int, state_fd: int, ring_fd: int, ring_bytes: int) -> bool:
+        self._check()
+        return False
+
     def add(self, a: int, b: int, to_b: bytes = b"", to_a: bytes = b"", mode: str = "auto") -> int:
         self._check()
         try:
+            if mode == "kernel":
+                mode = "auto"
             if mode not in MODES:
                 raise KeyError(mode)
             with self._lock:

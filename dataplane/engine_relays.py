@@ -9,6 +9,7 @@ The engine reports ends through an fd this class reads in the loop.
 """
 import os
 
+from .bpf_programs import KR_RING_BYTES
 from .engine import Engine
 
 
@@ -44,10 +45,19 @@ class EngineRelay:
 
 
 class EngineRelays:
-    def __init__(self, loop, max_conns: int = 1 << 20):
+    def __init__(self, loop, max_conns: int = 1 << 20, kernel: dict | None = None):
+        """kernel: the kernel relay's fds (bpf_programs.Programs.relay), for mode "kernel"."""
         self.loop = loop
         self.engine = Engine(max_conns)
         self.open = {}  # id -> EngineRelay
+        self.in_kernel = False  # whether mode "kernel" can carry bytes in the kernel
+        try:
+            if kernel:
+                self.in_kernel = self.engine.kernel(kernel["gw_kr_socks"], kernel["gw_kr_state"],
+                                                    kernel["gw_kr_events"], KR_RING_BYTES)
+        except BaseException:
+            self.engine.close()
+            raise
         loop.add_reader(self.engine.fileno(), self._collect)
 
     def relay(self, a, b, to_b: bytes, to_a: bytes, on_close, info: tuple, mode: str = "auto"):

@@ -474,10 +474,12 @@ class Forwarder:
 
     def _relay(self, a, b, info, to_b=b"", to_a=b""):
         """info: (service, endpoint, trace, source)."""
-        if self.relay_mode == "engine":
+        mode = relay_modes.ENGINE_MODES.get(self.relay_mode)
+        if mode:
             if self.engine is None:
-                self.engine = EngineRelays(asyncio.get_running_loop())
-            self.relays.add(self.engine.relay(a, b, to_b, to_a, self.relays.discard, info))
+                self.engine = EngineRelays(asyncio.get_running_loop(),
+                                           kernel=self.programs.relay if self.programs else None)
+            self.relays.add(self.engine.relay(a, b, to_b, to_a, self.relays.discard, info, mode))
             return
         if self.poller is None:
             self.poller = Poller(asyncio.get_running_loop())
@@ -724,7 +726,7 @@ class Forwarder:
                 "endpoints_published": len(self.published_keys()), "dns": self.resolver.counters,
                 "pods": sorted(self.pods), "services": len(self.doc["services"]),
                 "connections": len(self.relays), "relay": self.relay_mode, "pump": IMPL,
-                "engine": ENGINE,
+                "engine": ENGINE, "kernel_relay": bool(self.engine and self.engine.in_kernel),
                 "pipes": {"lent": POOL.lent, "idle": len(POOL.idle)}, "stats": self.stats,
                 "http": {**self.http_metrics,
                          "pool": dict(self.http_pool.stats, idle=self.http_pool.idle())

@@ -21,10 +21,12 @@ cdef extern from "relay/engine.h" nogil:
         GW_MODE_AUTO
         GW_MODE_SPLICE
         GW_MODE_COPY
+        GW_MODE_KERNEL
     gw_engine *gw_engine_new(uint32_t max_conns)
     void gw_engine_stop(gw_engine *e)
     void gw_engine_free(gw_engine *e)
     int gw_engine_done_fd(const gw_engine *e)
+    int gw_engine_kernel(gw_engine *e, int socks_fd, int state_fd, int ring_fd, size_t ring_bytes)
     int64_t gw_engine_add(gw_engine *e, int a, int b, const char *to_b, size_t to_b_len,
                           const char *to_a, size_t to_a_len, int mode)
     int gw_engine_end(gw_engine *e, uint32_t id, int reset)
@@ -32,7 +34,8 @@ cdef extern from "relay/engine.h" nogil:
     size_t gw_engine_done(gw_engine *e, gw_ended *out, size_t n)
     uint32_t gw_engine_open(const gw_engine *e)
 
-MODES = {"auto": GW_MODE_AUTO, "splice": GW_MODE_SPLICE, "copy": GW_MODE_COPY}
+MODES = {"auto": GW_MODE_AUTO, "splice": GW_MODE_SPLICE, "copy": GW_MODE_COPY,
+         "kernel": GW_MODE_KERNEL}
 
 
 cdef class Engine:
@@ -58,6 +61,13 @@ cdef class Engine:
     def fileno(self) -> int:
         """An fd readable when ended connections wait in done()."""
         return gw_engine_done_fd(self._live())
+
+    def kernel(self, int socks_fd, int state_fd, int ring_fd, size_t ring_bytes) -> bool:
+        """Enable mode "kernel" with the kernel relay's maps (bpf/kernel_relay.c; the engine
+        keeps duplicates of the fds). True: this twin carries bytes in the kernel."""
+        if gw_engine_kernel(self._live(), socks_fd, state_fd, ring_fd, ring_bytes) < 0:
+            raise OSError(errno, "relay engine: " + os.strerror(errno))
+        return True
 
     def add(self, int a, int b, bytes to_b=b"", bytes to_a=b"", str mode="auto") -> int:
         """Hand over two non-blocking sockets (their fds are the engine's from here on, even

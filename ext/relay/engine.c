@@ -19,9 +19,17 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <linux/bpf.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SRC_EOF GW_SRC_EOF          /* the status bits of dataplane/pump_py.py */
@@ -39,6 +47,9 @@
 #define WAKE UINT64_MAX
 #define NONE UINT32_MAX
 #define GRACEFUL (1u << 31)       /* in the aborts queue: close instead of reset */
+#define RING UINT64_C(0xfffffffffffffffe)  /* epoll data of the kernel relay's event ring */
+#define KR_HOLD (1 << 20)         /* SO_RCVLOWAT that holds verdicts off while a conn goes in */
+#define DRAIN_POLL_NS 20000       /* how often a direction waiting for the kernel is checked */
 
 enum { FREE, QUEUED, LIVE, ENDED };
 
@@ -49,6 +60,27 @@ struct dir {                  /* one direction: src = fd[i], dst = fd[1 - i] for
     size_t rest_len, rest_off;
     uint64_t bytes;           /* written to dst; read by the owner without the lock */
     uint8_t done, reading, writing, spliced;
+    /* kernel mode (bpf/kernel_relay.c) */
+    uint8_t kern;             /* the kernel carries src -> dst */
+    uint8_t drain;            /* handed back (bulk or EOF): waiting until dst has written
+                                 every byte the kernel took, then read src in user space */
+    uint8_t psock;            /* src is in the kernel relay's map: read it, never splice */
+    uint64_t cookie;          /* src's socket cookie: its gw_kr_state key */
+    uint64_t w0;              /* what dst had written when the kernel took over */
+};
+
+struct kr_state {             /* struct gw_kr_state in bpf/kernel_relay.c */
+    uint64_t peer, redirected;
+    uint32_t slot, gen, side, user;
+};
+
+struct kr_event {
+    uint32_t slot, gen, side, pad;
+};
+
+struct drain_item {
+    uint32_t id, gen;
+    int side;
 };
 
 struct conn {
@@ -57,6 +89,7 @@ struct conn {
     uint32_t gen;
     uint32_t next_free;
     uint8_t state, mode;
+    uint8_t in_map;           /* both sockets are in the kernel relay's map */
     struct dir dir[2];
 };
 
@@ -80,7 +113,16 @@ struct gw_engine {
     int npipes;
     uint32_t *work;
     size_t work_cap;
+    /* kernel relay: fds set once by gw_engine_kernel before any add, -1 without it */
+    int kr_socks, kr_state, kr_ring;
+    void *ring_cons, *ring_prod;
+    size_t ring_bytes, ring_map_len;
+    long page;
+    struct drain_item *drains;  /* directions waiting for the kernel (engine thread) */
+    size_t ndrains, drains_cap;
 };
+
+static int bpf_map(int cmd, int fd, const void *key, void *value, uint64_t flags);
 
 static struct conn *slot(struct gw_engine *e, uint32_t id)
 {
@@ -254,21 +296,27 @@ static int move(struct gw_engine *e, struct conn *c, int i, size_t *moved, int *
         return status;
     }
     status = copy_loop(e, d, src, dst, moved, err);
-    if (status >= 0 && c->mode == GW_MODE_AUTO && *moved >= BULK && !d->rest)
+    if (status >= 0 && c->mode == GW_MODE_AUTO && *moved >= BULK && !d->rest && !d->psock)
         d->spliced = 1;
     return status;
 }
 
 /* ---- connection state (engine thread) ---- */
 
+#define IN_EPOLL (1u << 31)       /* in mask: registered (kernel mode keeps sockets in epoll) */
+
 static void watch(struct gw_engine *e, struct conn *c, uint32_t id, int side)
 {
-    uint32_t want = (c->dir[side].reading ? EPOLLIN : 0) | (c->dir[1 - side].writing ? EPOLLOUT : 0);
+    struct dir *d = &c->dir[side];
+    uint32_t want = (d->reading ? EPOLLIN : 0) | (c->dir[1 - side].writing ? EPOLLOUT : 0) |
+                    (d->kern && !d->drain ? EPOLLRDHUP : 0);
+    if (want == 0 && c->in_map)
+        want = IN_EPOLL;  /* asked for nothing, but ERR must still end a kernel-mode conn */
     if (want == c->mask[side])
         return;
     /* A socket asked for nothing leaves epoll: HUP and ERR are reported whatever the mask. */
     int op = c->mask[side] == 0 ? EPOLL_CTL_ADD : want == 0 ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
-    struct epoll_event ev = {.events = want,
+    struct epoll_event ev = {.events = want & ~IN_EPOLL,
                              .data.u64 = ((uint64_t)c->gen << 33) | ((uint64_t)id << 1) | side};
     epoll_ctl(e->ep, op, c->fd[side], &ev);
     c->mask[side] = want;
@@ -318,6 +366,15 @@ static void end(struct gw_engine *e, struct conn *c, uint32_t id, int error)
         d->reading = d->writing = 0;
         out.bytes[i] = __atomic_load_n(&d->bytes, __ATOMIC_RELAXED);
     }
+    if (c->in_map) {  /* the sockets left the SOCKHASH when closed: no verdict runs now */
+        for (int i = 0; i < 2; i++) {
+            struct kr_state st;
+            if (bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &c->dir[i].cookie, &st, 0) == 0)
+                out.bytes[i] += st.redirected;
+            bpf_map(BPF_MAP_DELETE_ELEM, e->kr_state, &c->dir[i].cookie, NULL, 0);
+        }
+        c->in_map = 0;
+    }
     pthread_mutex_lock(&e->mu);
     c->state = ENDED;
     int first = e->ended.len == 0;  /* later ones ride on the same wake-up of the owner */
@@ -327,6 +384,203 @@ static void end(struct gw_engine *e, struct conn *c, uint32_t id, int error)
         abort();  /* the owner would wait forever for this end: fail loudly */
     if (first)
         signal_fd(e->done_fd);
+}
+
+/* ---- kernel mode (engine thread; bpf/kernel_relay.c has the other half) ---- */
+
+static int bpf_map(int cmd, int fd, const void *key, void *value, uint64_t flags)
+{
+    union bpf_attr a;
+    memset(&a, 0, sizeof a);
+    a.map_fd = (uint32_t)fd;
+    a.key = (uint64_t)(uintptr_t)key;
+    a.value = (uint64_t)(uintptr_t)value;
+    a.flags = flags;
+    return (int)syscall(__NR_bpf, cmd, &a, sizeof a);
+}
+
+/* Bytes ever written to fd: acked plus still queued. Queued is read first, so a sum taken
+ * while writes go on is at most what was written by the second read: "reached" is sure. */
+static int written(int fd, uint64_t *out)
+{
+    int queued = 0;
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    if (ioctl(fd, SIOCOUTQ, &queued) < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+        return -1;
+    *out = ti.tcpi_bytes_acked + (uint64_t)queued;
+    return 0;
+}
+
+static void set_lowat(int fd, int v)
+{
+    setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v);
+}
+
+/* Put a connection's sockets in the kernel relay. 0: the kernel carries both directions (or
+ * a direction the verdict already turned over); -1: not possible, go on as auto (nothing of
+ * the kernel relay is left on the sockets); 1: the connection ended (a read-ahead failed). */
+static int kernel_start(struct gw_engine *e, struct conn *c, uint32_t id)
+{
+    if (e->kr_socks < 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {  /* the kernel takes over an engine holding nothing */
+        struct dir *d = &c->dir[i];
+        size_t moved = 0;
+        int err = 0;
+        if (!d->rest)
+            continue;
+        int status = flush_rest(d, c->fd[1 - i], &moved, &err);
+        __atomic_store_n(&d->bytes, d->bytes + moved, __ATOMIC_RELAXED);
+        if (status < 0) {
+            end(e, c, id, err);
+            return 1;
+        }
+        if (status == DST_BLOCKED)
+            return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        socklen_t len = sizeof c->dir[i].cookie;
+        if (getsockopt(c->fd[i], SOL_SOCKET, SO_COOKIE, &c->dir[i].cookie, &len) < 0 ||
+            written(c->fd[1 - i], &c->dir[i].w0) < 0)
+            return -1;
+    }
+    /* Verdicts held off (see kernel_relay.c) while the sockets go in, then the entries:
+     * a socket's entry exists only once both sockets are in, so a redirect finds its peer. */
+    set_lowat(c->fd[0], KR_HOLD);
+    set_lowat(c->fd[1], KR_HOLD);
+    int in = 0;
+    for (; in < 2; in++) {
+        uint32_t fd = (uint32_t)c->fd[in];
+        if (bpf_map(BPF_MAP_UPDATE_ELEM, e->kr_socks, &c->dir[in].cookie, &fd, BPF_NOEXIST) < 0)
+            break;
+    }
+    if (in == 0) {
+        set_lowat(c->fd[0], 1);
+        set_lowat(c->fd[1], 1);
+        return -1;
+    }
+    /* A socket in the map stays there (taking it out would drop what its psock holds): a
+     * socket whose peer could not join is read as a psock, with no entry (the verdict passes
+     * everything), and the rest goes on as auto. */
+    __atomic_store_n(&c->in_map, 1, __ATOMIC_RELEASE);  /* after the cookies: gw_engine_bytes */
+    for (int i = 0; i < 2; i++) {
+        struct dir *d = &c->dir[i];
+        d->psock = 1;
+        if (in < 2)
+            continue;
+        struct kr_state st = {.peer = c->dir[1 - i].cookie, .slot = id, .gen = c->gen,
+                              .side = (uint32_t)i};
+        /* EEXIST: a verdict ran first (a FIN came while held) and kept this direction in
+         * user space from its first byte */
+        if (bpf_map(BPF_MAP_UPDATE_ELEM, e->kr_state, &d->cookie, &st, BPF_NOEXIST) == 0)
+            d->kern = 1;
+    }
+    if (in < 2)
+        c->mode = GW_MODE_AUTO;
+    set_lowat(c->fd[0], 1);  /* runs the verdict over what queued meanwhile, in order */
+    set_lowat(c->fd[1], 1);
+    return 0;
+}
+
+static int push_drain(struct gw_engine *e, struct conn *c, uint32_t id, int side)
+{
+    if (e->ndrains == e->drains_cap) {
+        size_t cap = e->drains_cap ? e->drains_cap * 2 : 64;
+        struct drain_item *p = realloc(e->drains, cap * sizeof *p);
+        if (!p)
+            return -1;
+        e->drains = p;
+        e->drains_cap = cap;
+    }
+    e->drains[e->ndrains++] = (struct drain_item){id, c->gen, side};
+    return 0;
+}
+
+/* The kernel hands direction `side` back: its verdict turned it over (bulk), or src got its
+ * FIN. No byte goes to dst from user space before dst has written all the kernel took. */
+static void hand_back(struct gw_engine *e, struct conn *c, uint32_t id, int side)
+{
+    struct dir *d = &c->dir[side];
+    if (!d->kern || d->drain)
+        return;
+    d->drain = 1;
+    watch(e, c, id, side);
+    if (push_drain(e, c, id, side) < 0)
+        end(e, c, id, ENOMEM);
+}
+
+/* 1 when every byte the kernel took from src is in dst, -1 on error with *err. */
+static int drained(struct gw_engine *e, struct conn *c, int side, int *err)
+{
+    struct dir *d = &c->dir[side];
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    struct kr_state st;
+    uint64_t w;
+    /* TCP_INFO takes src's socket lock: a verdict running in softirq over the bytes before
+     * the FIN has finished when this returns, so redirected is final. */
+    if (getsockopt(c->fd[side], IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+        bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &d->cookie, &st, 0) < 0 ||
+        written(c->fd[1 - side], &w) < 0) {
+        *err = errno;
+        return -1;
+    }
+    return w >= d->w0 + st.redirected;
+}
+
+static void poll_drains(struct gw_engine *e)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < e->ndrains; j++) {
+        struct drain_item it = e->drains[j];
+        struct conn *c = slot(e, it.id);
+        if (c->state != LIVE || c->gen != it.gen)
+            continue;
+        int err = 0;
+        int r = drained(e, c, it.side, &err);
+        if (r < 0) {
+            end(e, c, it.id, err);
+            continue;
+        }
+        if (r == 0) {
+            e->drains[k++] = it;
+            continue;
+        }
+        struct dir *d = &c->dir[it.side];
+        d->kern = d->drain = 0;
+        d->reading = 1;  /* level-triggered: what the psock holds, or the EOF, shows at once */
+        watch(e, c, it.id, it.side);
+    }
+    e->ndrains = k;
+}
+
+/* The verdict's reports: directions turned over to user space. */
+static void read_ring(struct gw_engine *e)
+{
+    uint64_t *cons_pos = e->ring_cons;
+    uint64_t *prod_pos = e->ring_prod;
+    char *data = (char *)e->ring_prod + e->page;
+    uint64_t cons = __atomic_load_n(cons_pos, __ATOMIC_ACQUIRE);
+    uint64_t prod = __atomic_load_n(prod_pos, __ATOMIC_ACQUIRE);
+    while (cons < prod) {
+        uint32_t *hdr = (uint32_t *)(data + (cons & (e->ring_bytes - 1)));
+        uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+        if (len & BPF_RINGBUF_BUSY_BIT)
+            break;
+        uint32_t n = len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+        if (!(len & BPF_RINGBUF_DISCARD_BIT) && n >= sizeof(struct kr_event)) {
+            struct kr_event ev;
+            memcpy(&ev, (char *)hdr + BPF_RINGBUF_HDR_SZ, sizeof ev);
+            if (ev.slot < e->next_unused && ev.side < 2) {
+                struct conn *c = slot(e, ev.slot);
+                if (c->state == LIVE && c->gen == ev.gen)
+                    hand_back(e, c, ev.slot, (int)ev.side);
+            }
+        }
+        cons += (BPF_RINGBUF_HDR_SZ + n + 7) & ~7u;
+        __atomic_store_n(cons_pos, cons, __ATOMIC_RELEASE);
+    }
 }
 
 /* One direction's turn (Relay._step). 1 when the connection ended. */
@@ -367,8 +621,17 @@ static int step(struct gw_engine *e, struct conn *c, uint32_t id, int i)
 static void start(struct gw_engine *e, struct conn *c, uint32_t id)
 {
     c->state = LIVE;
+    if (c->mode == GW_MODE_KERNEL) {
+        int r = kernel_start(e, c, id);
+        if (r > 0)
+            return;
+        if (r < 0)
+            c->mode = GW_MODE_AUTO;
+    }
     for (int i = 0; i < 2; i++) {
-        if (c->dir[i].rest) {
+        if (c->dir[i].kern) {
+            watch(e, c, id, i);
+        } else if (c->dir[i].rest) {
             if (step(e, c, id, i))
                 return;
         } else {
@@ -384,6 +647,17 @@ static void on_event(struct gw_engine *e, uint64_t data, uint32_t events)
     struct conn *c = slot(e, id);
     if (c->state != LIVE || c->gen != gen)
         return;  /* ended earlier in this batch */
+    if (c->in_map) {
+        if (events & EPOLLERR) {  /* the kernel's writes may have failed: nothing is sure */
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(c->fd[side], SOL_SOCKET, SO_ERROR, &err, &len);
+            end(e, c, id, err ? err : ECONNRESET);
+            return;
+        }
+        if (c->dir[side].kern && (events & (EPOLLRDHUP | EPOLLHUP)))
+            hand_back(e, c, id, side);  /* src's FIN: the rest as in user space */
+    }
     /* fd[side] is the destination of dir[1 - side] and the source of dir[side] */
     if (c->dir[1 - side].writing && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
         if (step(e, c, id, 1 - side))
@@ -431,8 +705,9 @@ static void *run(void *arg)
 {
     struct gw_engine *e = arg;
     struct epoll_event ev[BATCH];
+    const struct timespec poll = {.tv_nsec = DRAIN_POLL_NS};
     for (;;) {
-        int n = epoll_wait(e->ep, ev, BATCH, -1);
+        int n = epoll_pwait2(e->ep, ev, BATCH, e->ndrains ? &poll : NULL, NULL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -443,10 +718,14 @@ static void *run(void *arg)
                 drain_fd(e->wake_fd);
                 if (take_requests(e))
                     return NULL;
+            } else if (ev[k].data.u64 == RING) {
+                read_ring(e);
             } else {
                 on_event(e, ev[k].data.u64, ev[k].events);
             }
         }
+        if (e->ndrains)
+            poll_drains(e);
     }
 }
 
@@ -462,6 +741,7 @@ struct gw_engine *gw_engine_new(uint32_t max_conns)
     if (!e)
         return NULL;
     e->ep = e->wake_fd = e->done_fd = -1;
+    e->kr_socks = e->kr_state = e->kr_ring = -1;
     e->max_conns = max_conns;
     e->free_head = NONE;
     e->added.size = e->aborts.size = sizeof(uint32_t);
@@ -505,6 +785,52 @@ fail:;
 int gw_engine_done_fd(const struct gw_engine *e)
 {
     return e->done_fd;
+}
+
+int gw_engine_kernel(struct gw_engine *e, int socks_fd, int state_fd, int ring_fd,
+                     size_t ring_bytes)
+{
+    if (e->kr_socks >= 0 || ring_bytes == 0 || (ring_bytes & (ring_bytes - 1))) {
+        errno = EINVAL;
+        return -1;
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    int fds[3] = {fcntl(socks_fd, F_DUPFD_CLOEXEC, 0), fcntl(state_fd, F_DUPFD_CLOEXEC, 0),
+                  fcntl(ring_fd, F_DUPFD_CLOEXEC, 0)};
+    void *cons = MAP_FAILED, *prod = MAP_FAILED;
+    if (fds[0] < 0 || fds[1] < 0 || fds[2] < 0)
+        goto fail;
+    /* the ring: our consumer position (read-write), then the producer position and the data,
+     * mapped twice in a row so a record never wraps (read-only) */
+    cons = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, fds[2], 0);
+    prod = mmap(NULL, (size_t)page + 2 * ring_bytes, PROT_READ, MAP_SHARED, fds[2], page);
+    if (cons == MAP_FAILED || prod == MAP_FAILED)
+        goto fail;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = RING};
+    if (epoll_ctl(e->ep, EPOLL_CTL_ADD, fds[2], &ev) < 0)
+        goto fail;
+    pthread_mutex_lock(&e->mu);  /* published to the engine thread with the first add */
+    e->page = page;
+    e->ring_cons = cons;
+    e->ring_prod = prod;
+    e->ring_bytes = ring_bytes;
+    e->ring_map_len = (size_t)page + 2 * ring_bytes;
+    e->kr_socks = fds[0];
+    e->kr_state = fds[1];
+    e->kr_ring = fds[2];
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+fail:;
+    int saved = errno;
+    if (cons != MAP_FAILED)
+        munmap(cons, (size_t)page);
+    if (prod != MAP_FAILED)
+        munmap(prod, (size_t)page + 2 * ring_bytes);
+    for (int i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    errno = saved;
+    return -1;
 }
 
 uint32_t gw_engine_open(const struct gw_engine *e)
@@ -616,11 +942,21 @@ int gw_engine_bytes(struct gw_engine *e, uint32_t id, uint64_t out[2])
 {
     pthread_mutex_lock(&e->mu);
     struct conn *c = open_conn(e, id);
+    uint64_t cookie[2] = {0, 0};
     if (c) {
         out[0] = __atomic_load_n(&c->dir[0].bytes, __ATOMIC_RELAXED);
         out[1] = __atomic_load_n(&c->dir[1].bytes, __ATOMIC_RELAXED);
+        if (c->state == LIVE && __atomic_load_n(&c->in_map, __ATOMIC_ACQUIRE)) {
+            cookie[0] = c->dir[0].cookie;
+            cookie[1] = c->dir[1].cookie;
+        }
     }
     pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < 2; i++) {  /* what the kernel carried (a lookup of a gone entry fails) */
+        struct kr_state st;
+        if (cookie[i] && bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &cookie[i], &st, 0) == 0)
+            out[i] += st.redirected;
+    }
     if (!c) {
         errno = ESRCH;
         return -1;
@@ -687,6 +1023,14 @@ void gw_engine_free(struct gw_engine *e)
     free(e->ended.items);
     free(e->work);
     free(e->scratch);
+    free(e->drains);
+    if (e->kr_ring >= 0) {
+        munmap(e->ring_cons, (size_t)e->page);
+        munmap(e->ring_prod, e->ring_map_len);
+        close(e->kr_socks);
+        close(e->kr_state);
+        close(e->kr_ring);
+    }
     close(e->ep);
     close(e->wake_fd);
     close(e->done_fd);

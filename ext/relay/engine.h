@@ -23,6 +23,9 @@ enum {
     GW_MODE_AUTO = 0,    /* copy, then splice for good once a direction carries bulk */
     GW_MODE_SPLICE = 1,
     GW_MODE_COPY = 2,
+    GW_MODE_KERNEL = 3,  /* bytes in the kernel (bpf/kernel_relay.c) until a direction carries
+                            bulk, then that direction as auto without splice; as auto when
+                            gw_engine_kernel was not called or the sockets cannot join */
 };
 
 struct gw_engine;
@@ -42,6 +45,11 @@ void gw_engine_stop(struct gw_engine *e);
 /* Stops (if not yet) and frees everything. */
 void gw_engine_free(struct gw_engine *e);
 int gw_engine_done_fd(const struct gw_engine *e);
+/* Enable GW_MODE_KERNEL with the kernel relay's SOCKHASH, state map and event ring (of
+ * ring_bytes data bytes), loaded and attached by the owner; the engine keeps duplicates of
+ * the fds. Call before the first add. 0, or -1 with errno set. */
+int gw_engine_kernel(struct gw_engine *e, int socks_fd, int state_fd, int ring_fd,
+                     size_t ring_bytes);
 /* Takes ownership of fds a and b (non-blocking sockets) at once, even on failure (then both
  * are closed). to_b/to_a: bytes read ahead that go out first. Returns the connection id,
  * or -1 with errno set (ENOMEM, EMFILE past max_conns, ESHUTDOWN once stopped). */
