@@ -52,6 +52,11 @@ BPF_RINGBUF_OUTPUT(gw_kr_events, 16);
 
 int gw_kr_verdict(struct __sk_buff *skb)
 {
+	/* A FIN alone comes as an skb without bytes (the FIN itself is TCP's: the engine sees
+	 * RDHUP). Redirected, the backlog's send would return 0 and break the other socket
+	 * with EPIPE (sk_psock_backlog); there is nothing in it to keep. */
+	if (skb->len == 0)
+		return SK_DROP;
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct gw_kr_state *st = gw_kr_state.lookup(&cookie);
 	if (!st) {

@@ -1,0 +1,182 @@
+"""The kernel relay (bpf/kernel_relay.c with the C engine's mode "kernel") against the real
+kernel: bytes arrive exactly both ways with half-close in either order, small messages stay
+in the kernel (the forwarder is not woken per message), a direction that carries bulk is
+taken back to user space without losing or reordering a byte, bytes and FINs that came
+before the hand-over get through, resets reach the other side, and nothing is left in the
+maps once connections end.
+
+Topology as in tests/unit/test_engine.py: A <-> B and C <-> D are TCP loopback connections;
+the engine joins B and C.
+"""
+import ctypes
+import errno
+import hashlib
+import socket
+import threading
+import time
+
+import pytest
+
+from dataplane import bpf_maps, bpf_sys
+from dataplane.bpf_programs import KR_RING_BYTES, Programs
+from dataplane.engine import twins
+from tests.conftest import need_root_and_bpf
+from tests.unit.test_engine import hand_over, wait_done
+from tests.unit.test_relay import TIMEOUT, crossing, payload, read_all, relay_pair, writer
+
+PIN = "/sys/fs/bpf/glasswing/krtest"
+
+
+@pytest.fixture(scope="module")
+def programs():
+    need_root_and_bpf()
+    progs = Programs(PIN)
+    try:
+        progs.load()
+        yield progs
+    finally:
+        progs.close()
+        bpf_maps.unpin_all(PIN)
+
+
+@pytest.fixture
+def engine(programs):
+    engines = twins()
+    if "c" not in engines:
+        pytest.fail("relay engine in C not built: the kernel relay needs it")
+    e = engines["c"]()
+    r = programs.relay
+    assert e.kernel(r["gw_kr_socks"], r["gw_kr_state"], r["gw_kr_events"], KR_RING_BYTES) is True
+    yield e
+    e.close()
+    assert state_entries(programs) == 0, "an ended connection left its entries"
+
+
+def state_entries(programs) -> int:
+    fd, n = programs.relay["gw_kr_state"], 0
+    key, nxt = None, ctypes.c_uint64()
+    while bpf_sys.map_next_key(fd, key, nxt):
+        n += 1
+        key = ctypes.c_uint64(nxt.value)
+    return n
+
+
+@pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
+                                             (123_457, 2_500_001), (40_000, 40_000)])
+def test_bytes_arrive_exactly_both_ways_with_half_close(engine, size_ab, size_dc):
+    a, b, c, d = relay_pair()
+    ab, dc = payload(1, size_ab), payload(2, size_dc)
+    cid = hand_over(engine, b, c, mode="kernel")
+    threads, got = crossing(a, d, ab, dc)
+    for t in threads:
+        t.start()
+    ended = wait_done(engine)
+    for t in threads:
+        t.join(TIMEOUT)
+    a.close()
+    d.close()
+    assert hashlib.sha256(got["ab"]).digest() == hashlib.sha256(ab).digest() and len(got["ab"]) == size_ab
+    assert got["dc"] == dc
+    assert ended == [(cid, 0, size_ab, size_dc)]
+
+
+def test_small_messages_stay_in_the_kernel(engine, programs):
+    """A ping-pong of small messages: every byte is counted by the verdict program (it went
+    socket to socket in the kernel), none by the engine's user-space loops."""
+    a, b, c, d = relay_pair()
+    cid = hand_over(engine, b, c, mode="kernel")
+    for i in range(200):
+        msg = b"m%05d" % i
+        a.sendall(msg)
+        assert d.recv(64) == msg
+        d.sendall(msg[::-1])
+        assert a.recv(64) == msg[::-1]
+    assert engine.bytes(cid) == (1200, 1200)
+    total = redirected(programs)
+    assert total == 2400, "the bytes did not go through the kernel"
+    a.close()
+    d.close()
+    assert wait_done(engine) == [(cid, 0, 1200, 1200)]
+
+
+def redirected(programs) -> int:
+    fd, total = programs.relay["gw_kr_state"], 0
+    key, nxt = None, ctypes.c_uint64()
+    value = (ctypes.c_uint64 * 4)()
+    while bpf_sys.map_next_key(fd, key, nxt):
+        key = ctypes.c_uint64(nxt.value)
+        if bpf_sys.map_lookup(fd, key, value):
+            total += value[1]
+    return total
+
+
+def test_bulk_after_small_messages_keeps_order(engine):
+    """Small messages go through the kernel, then one direction carries bulk: the engine
+    takes it back only once the kernel has written everything it took, so the stream on D
+    is exactly what A wrote."""
+    a, b, c, d = relay_pair()
+    cid = hand_over(engine, b, c, mode="kernel")
+    small = [payload(10 + i, 1 + i * 37 % 900) for i in range(300)]
+    bulk = payload(99, 4_000_000)
+    t = threading.Thread(target=writer, args=(a, small + [bulk, b"tail"]))
+    t.start()
+    got = read_all(d)
+    t.join(TIMEOUT)
+    want = b"".join(small) + bulk + b"tail"
+    assert len(got) == len(want) and hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
+    d.sendall(b"bye")
+    d.shutdown(socket.SHUT_WR)
+    assert read_all(a) == b"bye"
+    assert wait_done(engine) == [(cid, 0, len(want), 3)]
+
+
+def test_bytes_and_fin_before_the_hand_over_get_through(engine):
+    a, b, c, d = relay_pair()
+    a.sendall(b"early request")
+    a.shutdown(socket.SHUT_WR)
+    d.sendall(b"server speaks first")
+    time.sleep(0.05)  # both FIN and bytes wait in B's and C's receive queues
+    cid = hand_over(engine, b, c, mode="kernel", to_b=b"read ahead:")
+    assert read_all(d) == b"read ahead:early request"
+    assert a.recv(100) == b"server speaks first"
+    d.shutdown(socket.SHUT_WR)
+    assert read_all(a) == b""
+    assert wait_done(engine) == [(cid, 0, 24, 19)]
+
+
+def test_a_reset_on_one_side_resets_the_other(engine):
+    a, b, c, d = relay_pair()
+    cid = hand_over(engine, b, c, mode="kernel")
+    a.sendall(b"ping")
+    assert d.recv(10) == b"ping"
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    a.close()
+    (ended,) = wait_done(engine)
+    assert ended[0] == cid and ended[1] in (errno.ECONNRESET, errno.EPIPE)
+    with pytest.raises(ConnectionResetError):
+        while d.recv(10):
+            pass
+
+
+@pytest.mark.parametrize("request_", ["abort", "close_conn"])
+def test_ends_on_request(engine, request_):
+    a, b, c, d = relay_pair()
+    cid = hand_over(engine, b, c, mode="kernel")
+    a.sendall(b"x")
+    assert d.recv(10) == b"x"
+    assert getattr(engine, request_)(cid) is True
+    (ended,) = wait_done(engine)
+    assert ended[:2] == (cid, errno.ECONNABORTED if request_ == "abort" else 0)
+
+
+def test_many_connections_at_once(engine):
+    n = 200
+    pairs = [relay_pair() for _ in range(n)]
+    ids = [hand_over(engine, b, c, mode="kernel") for _a, b, c, _d in pairs]
+    for i, (a, _b, _c, d) in enumerate(pairs):
+        a.sendall(b"%d" % i)
+        assert d.recv(16) == b"%d" % i
+        a.close()
+        d.close()
+    ended = wait_done(engine, n)
+    assert sorted(e[0] for e in ended) == sorted(ids) and all(e[1] == 0 for e in ended)
