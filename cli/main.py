@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start this node's forwarder (--store etcd://HOST:PORT for many nodes)")
     up.add_argument("--foreground", action="store_true", help="run in the foreground (no daemon)")
     up.add_argument("--relay", default=None,
-                    help="how relayed bytes move: engine (default: a C thread of its own, copy for "
+                    help="how relayed bytes move: kernel (default: socket to socket in the kernel, "
+                         "bulk handed to the engine), engine (a C thread of its own, copy for "
                          "small messages, splice once a direction carries bulk), auto (the same choice "
                          "in the event loop), splice or copy (in the loop); also GLASSWING_RELAY")
     sub.add_parser("down", help="stop the forwarder and remove everything it made")

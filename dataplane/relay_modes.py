@@ -1,14 +1,17 @@
 """The relays a forwarder can carry opaque connections with, and the default.
 
-- engine (the default): the relay engine's thread (dataplane/engine_relays.py), C without
-  the GIL, with auto's choice of copy or splice per direction. Measured against auto in one
+- kernel (the default): the relay engine (below) with the bytes in the kernel
+  (bpf/kernel_relay.c: a stream verdict redirects each skb to the other socket, no wake-up
+  of the forwarder per message) until a direction carries bulk (an skb of 16 KiB or more),
+  which the engine then carries in user space (copy; a socket in the SOCKHASH cannot be
+  spliced). Measured against engine in one run (probe of 3 runs, same node): round trip
+  p50 29.8 against 35.9 us (direct 17.4), single stream 17.3 against 15.0 Gbit/s, new
+  connections/s 7,332 against 8,206, HTTP keep-alive 58.0k against 61.6k req/s;
+- engine: the relay engine's thread (dataplane/engine_relays.py), C without the GIL, with
+  auto's choice of copy or splice per direction. Measured against auto in one
   run (`glasswing bench --quick`): round trip p50 36 against 43 us on one node and 62
   against 87 us across nodes, p99 69 against 101 and 96 against 155 us, HTTP keep-alive
   +5 to +11%, new connections/s and single-stream throughput within noise;
-- kernel: the relay engine with bytes in the kernel (bpf/kernel_relay.c: a stream verdict
-  redirects each skb to the other socket, no wake-up of the forwarder per message) until a
-  direction carries bulk (an skb of 16 KiB or more), which the engine then carries as auto
-  without splice. Opaque connections only, as every relay here;
 - auto, splice, copy: in the event loop (dataplane/relay.py with dataplane/movers.py).
 
 GLASSWING_RELAY sets the default for `glasswing up` and for every forwarder started by
@@ -20,7 +23,7 @@ from .movers import MODES as LOOP_MODES
 
 MODES = ("engine", "kernel", *LOOP_MODES)
 ENGINE_MODES = {"engine": "auto", "kernel": "kernel"}  # relay -> the engine's mode
-BUILT_IN_DEFAULT = "engine"
+BUILT_IN_DEFAULT = "kernel"
 
 
 def default() -> str:

@@ -10,6 +10,11 @@
  * (gw_engine_end). Each ended connection is queued for the owner, who collects it with
  * gw_engine_done() when the done fd (an eventfd) turns readable.
  *
+ * In mode GW_MODE_KERNEL the kernel carries the bytes first (bpf/kernel_relay.c: both sockets
+ * in a SOCKHASH, a stream verdict redirects each skb to the other socket) and the engine only
+ * watches for FIN and errors; a direction the verdict turns over (bulk) or that got its FIN
+ * comes back to the engine once the other socket has written all the kernel took.
+ *
  * Semantics are those of dataplane/relay.py (the reference, run in a thread by the Python
  * twin dataplane/engine_py.py). Built into dataplane._engine_c by ext/engine.pyx.
  */

@@ -73,7 +73,7 @@ def is_closed(fd):
     return False
 
 
-@pytest.mark.parametrize("mode", ["auto", "splice", "copy"])
+@pytest.mark.parametrize("mode", ["auto", "splice", "copy", "kernel"])  # kernel: as auto without kernel()
 @pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
                                              (123_457, 2_500_001)])
 def test_bytes_arrive_exactly_both_ways_with_half_close(engine, mode, size_ab, size_dc):
@@ -252,3 +252,21 @@ def test_engine_relays_report_ends_to_the_loop(twin, monkeypatch):
             d.close()
 
     asyncio.run(main())
+
+
+def test_python_twin_runs_kernel_as_auto():
+    """The Python twin has no kernel path: it says so, and carries mode "kernel" as auto."""
+    from dataplane import engine_py
+    e = engine_py.Engine()
+    try:
+        assert e.kernel(-1, -1, -1, 4096) is False
+        a, b, c, d = relay_pair()
+        cid = hand_over(e, b, c, mode="kernel")
+        a.sendall(b"x" * 100_000)
+        a.shutdown(socket.SHUT_WR)
+        assert read_all(d) == b"x" * 100_000
+        d.shutdown(socket.SHUT_WR)
+        assert read_all(a) == b""
+        assert wait_done(e) == [(cid, 0, 100_000, 0)]
+    finally:
+        e.close()
