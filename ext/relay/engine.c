@@ -50,6 +50,8 @@
 #define RING UINT64_C(0xfffffffffffffffe)  /* epoll data of the kernel relay's event ring */
 #define KR_HOLD (1 << 20)         /* SO_RCVLOWAT that holds verdicts off while a conn goes in */
 #define DRAIN_POLL_NS 20000       /* how often a direction waiting for the kernel is checked */
+#define KR_AFTER 16               /* mode kernel: turns of small messages before the kernel
+                                     takes a connection (short ones never pay for it) */
 
 enum { FREE, QUEUED, LIVE, ENDED };
 
@@ -90,6 +92,7 @@ struct conn {
     uint32_t next_free;
     uint8_t state, mode;
     uint8_t in_map;           /* both sockets are in the kernel relay's map */
+    uint8_t turns;            /* mode kernel: small-message turns so far, up to KR_AFTER */
     struct dir dir[2];
 };
 
@@ -296,7 +299,8 @@ static int move(struct gw_engine *e, struct conn *c, int i, size_t *moved, int *
         return status;
     }
     status = copy_loop(e, d, src, dst, moved, err);
-    if (status >= 0 && c->mode == GW_MODE_AUTO && *moved >= BULK && !d->rest && !d->psock)
+    if (status >= 0 && (c->mode == GW_MODE_AUTO || c->mode == GW_MODE_KERNEL) && *moved >= BULK &&
+        !d->rest && !d->psock)
         d->spliced = 1;
     return status;
 }
@@ -583,6 +587,31 @@ static void read_ring(struct gw_engine *e)
     }
 }
 
+/* Mode kernel: a connection that has carried KR_AFTER turns of small messages, with nothing
+ * held in the engine (no leftovers, no pipe: a direction that carried bulk stays here) and
+ * neither direction ended, goes to the kernel. 1 when the connection ended. */
+static int to_kernel(struct gw_engine *e, struct conn *c, uint32_t id)
+{
+    for (int i = 0; i < 2; i++) {
+        struct dir *d = &c->dir[i];
+        if (d->rest || d->spliced || d->done || d->writing)
+            return 0;
+    }
+    int r = kernel_start(e, c, id);
+    if (r > 0)
+        return 1;
+    if (r < 0) {
+        c->mode = GW_MODE_AUTO;  /* not again */
+        return 0;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (c->dir[i].kern)
+            c->dir[i].reading = 0;  /* the kernel reads src now */
+        watch(e, c, id, i);
+    }
+    return 0;
+}
+
 /* One direction's turn (Relay._step). 1 when the connection ended. */
 static int step(struct gw_engine *e, struct conn *c, uint32_t id, int i)
 {
@@ -615,23 +644,16 @@ static int step(struct gw_engine *e, struct conn *c, uint32_t id, int i)
         return 0;
     }
     set_reading(e, c, id, i, 1);
+    if (c->mode == GW_MODE_KERNEL && moved && !c->in_map && ++c->turns >= KR_AFTER)
+        return to_kernel(e, c, id);
     return 0;
 }
 
 static void start(struct gw_engine *e, struct conn *c, uint32_t id)
 {
     c->state = LIVE;
-    if (c->mode == GW_MODE_KERNEL) {
-        int r = kernel_start(e, c, id);
-        if (r > 0)
-            return;
-        if (r < 0)
-            c->mode = GW_MODE_AUTO;
-    }
     for (int i = 0; i < 2; i++) {
-        if (c->dir[i].kern) {
-            watch(e, c, id, i);
-        } else if (c->dir[i].rest) {
+        if (c->dir[i].rest) {
             if (step(e, c, id, i))
                 return;
         } else {

@@ -1,9 +1,9 @@
 """The kernel relay (bpf/kernel_relay.c with the C engine's mode "kernel") against the real
-kernel: bytes arrive exactly both ways with half-close in either order, small messages stay
-in the kernel (the forwarder is not woken per message), a direction that carries bulk is
-taken back to user space without losing or reordering a byte, bytes and FINs that came
-before the hand-over get through, resets reach the other side, and nothing is left in the
-maps once connections end.
+kernel: bytes arrive exactly both ways with half-close in either order, a connection of small
+messages goes to the kernel after 16 turns (the forwarder is then not woken per message) and
+a short one never does, a direction that carries bulk is taken back to user space without
+losing or reordering a byte, bytes and FINs that came before the hand-over get through,
+resets reach the other side, and nothing is left in the maps once connections end.
 
 Topology as in tests/unit/test_engine.py: A <-> B and C <-> D are TCP loopback connections;
 the engine joins B and C.
@@ -80,23 +80,38 @@ def test_bytes_arrive_exactly_both_ways_with_half_close(engine, size_ab, size_dc
     assert ended == [(cid, 0, size_ab, size_dc)]
 
 
-def test_small_messages_stay_in_the_kernel(engine, programs):
-    """A ping-pong of small messages: every byte is counted by the verdict program (it went
-    socket to socket in the kernel), none by the engine's user-space loops."""
-    a, b, c, d = relay_pair()
-    cid = hand_over(engine, b, c, mode="kernel")
-    for i in range(200):
+def ping_pong(a, d, rounds, start=0):
+    for i in range(start, start + rounds):
         msg = b"m%05d" % i
         a.sendall(msg)
         assert d.recv(64) == msg
         d.sendall(msg[::-1])
         assert a.recv(64) == msg[::-1]
+
+
+def test_small_messages_go_to_the_kernel(engine, programs):
+    """A ping-pong of small messages: after its first KR_AFTER (16) turns in user space, the
+    connection's bytes are counted by the verdict program (they went socket to socket in the
+    kernel). Its FIN then comes back through the engine."""
+    a, b, c, d = relay_pair()
+    cid = hand_over(engine, b, c, mode="kernel")
+    ping_pong(a, d, 200)
     assert engine.bytes(cid) == (1200, 1200)
-    total = redirected(programs)
-    assert total == 2400, "the bytes did not go through the kernel"
+    assert redirected(programs) >= 2400 - 16 * 6, "the bytes did not go through the kernel"
     a.close()
+    assert read_all(d) == b""
     d.close()
     assert wait_done(engine) == [(cid, 0, 1200, 1200)]
+
+
+def test_a_short_connection_never_enters_the_kernel(engine, programs):
+    a, b, c, d = relay_pair()
+    cid = hand_over(engine, b, c, mode="kernel")
+    ping_pong(a, d, 3)
+    assert engine.bytes(cid) == (18, 18) and state_entries(programs) == 0
+    a.close()
+    d.close()
+    assert wait_done(engine) == [(cid, 0, 18, 18)]
 
 
 def redirected(programs) -> int:
@@ -110,12 +125,14 @@ def redirected(programs) -> int:
     return total
 
 
-def test_bulk_after_small_messages_keeps_order(engine):
+def test_bulk_after_small_messages_keeps_order(engine, programs):
     """Small messages go through the kernel, then one direction carries bulk: the engine
     takes it back only once the kernel has written everything it took, so the stream on D
     is exactly what A wrote."""
     a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c, mode="kernel")
+    ping_pong(a, d, 20)  # now in the kernel
+    assert state_entries(programs) == 2
     small = [payload(10 + i, 1 + i * 37 % 900) for i in range(300)]
     bulk = payload(99, 4_000_000)
     t = threading.Thread(target=writer, args=(a, small + [bulk, b"tail"]))
@@ -127,7 +144,7 @@ def test_bulk_after_small_messages_keeps_order(engine):
     d.sendall(b"bye")
     d.shutdown(socket.SHUT_WR)
     assert read_all(a) == b"bye"
-    assert wait_done(engine) == [(cid, 0, len(want), 3)]
+    assert wait_done(engine) == [(cid, 0, len(want) + 120, 123)]
 
 
 def test_bytes_and_fin_before_the_hand_over_get_through(engine):
@@ -147,8 +164,7 @@ def test_bytes_and_fin_before_the_hand_over_get_through(engine):
 def test_a_reset_on_one_side_resets_the_other(engine):
     a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c, mode="kernel")
-    a.sendall(b"ping")
-    assert d.recv(10) == b"ping"
+    ping_pong(a, d, 20)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     a.close()
     (ended,) = wait_done(engine)
@@ -162,8 +178,7 @@ def test_a_reset_on_one_side_resets_the_other(engine):
 def test_ends_on_request(engine, request_):
     a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c, mode="kernel")
-    a.sendall(b"x")
-    assert d.recv(10) == b"x"
+    ping_pong(a, d, 20)
     assert getattr(engine, request_)(cid) is True
     (ended,) = wait_done(engine)
     assert ended[:2] == (cid, errno.ECONNABORTED if request_ == "abort" else 0)
@@ -174,8 +189,7 @@ def test_many_connections_at_once(engine):
     pairs = [relay_pair() for _ in range(n)]
     ids = [hand_over(engine, b, c, mode="kernel") for _a, b, c, _d in pairs]
     for i, (a, _b, _c, d) in enumerate(pairs):
-        a.sendall(b"%d" % i)
-        assert d.recv(16) == b"%d" % i
+        ping_pong(a, d, 10 + i % 20)  # half of them in the kernel
         a.close()
         d.close()
     ended = wait_done(engine, n)
