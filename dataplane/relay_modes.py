@@ -1,12 +1,14 @@
 """The relays a forwarder can carry opaque connections with, and the default.
 
-- kernel (the default): the relay engine (below) with the bytes in the kernel
-  (bpf/kernel_relay.c: a stream verdict redirects each skb to the other socket, no wake-up
-  of the forwarder per message) until a direction carries bulk (an skb of 16 KiB or more),
-  which the engine then carries in user space (copy; a socket in the SOCKHASH cannot be
-  spliced). Measured against engine in one run (probe of 3 runs, same node): round trip
-  p50 29.8 against 35.9 us (direct 17.4), single stream 17.3 against 15.0 Gbit/s, new
-  connections/s 7,332 against 8,206, HTTP keep-alive 58.0k against 61.6k req/s;
+- kernel (the default): the relay engine (below) carries a connection's first 16 turns; a
+  connection of small messages then goes to the kernel (bpf/kernel_relay.c: a stream verdict
+  redirects each skb to the other socket, no wake-up of the forwarder per message), and a
+  direction that carries bulk (an skb of 16 KiB or more) comes back to the engine, which
+  copies it (a socket in a SOCKHASH cannot be spliced). Against engine in the full run of
+  docs/bench: round trip p50 29.6 against 35.7 us on one node (direct 17.4) and 40.6
+  against 59.7 us across nodes; new connections/s unchanged; busy keep-alive HTTP across
+  nodes 26.8k against 34.6k req/s and one bulk stream across nodes 10.9 against 12.5 Gbit/s
+  (the kernel's redirects go through one kworker per CPU);
 - engine: the relay engine's thread (dataplane/engine_relays.py), C without the GIL, with
   auto's choice of copy or splice per direction. Measured against auto in one
   run (`glasswing bench --quick`): round trip p50 36 against 43 us on one node and 62
