@@ -39,8 +39,11 @@ def _checks():
     if os.geteuid() == 0:
         r = subprocess.run(["bpftool", "feature", "probe", "kernel"], capture_output=True, text=True) \
             if shutil.which("bpftool") else None
-        ok = r is not None and "sk_storage" in r.stdout and "cgroup_sockopt" in r.stdout
-        yield "kernel BPF", ok, "cgroup_sock_addr, sock_ops, cgroup_sockopt, sk_storage" if ok else "missing features"
+        need = ("sk_storage", "cgroup_sockopt", "program_type sk_skb is available",
+                "map_type sockhash is available", "map_type ringbuf is available")
+        missing = [n.split(" is ")[0] for n in need if r is None or n not in r.stdout]
+        yield "kernel BPF", not missing, ("cgroup_sock_addr, sock_ops, cgroup_sockopt, sk_storage, sk_skb, "
+                                          "sockhash, ringbuf") if not missing else f"missing: {', '.join(missing)}"
 
 
 def doctor(as_json: bool) -> int:
