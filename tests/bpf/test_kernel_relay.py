@@ -11,7 +11,9 @@ the engine joins B and C.
 import ctypes
 import errno
 import hashlib
+import json
 import socket
+import subprocess
 import threading
 import time
 
@@ -33,10 +35,36 @@ def programs():
     progs = Programs(PIN)
     try:
         progs.load()
+        ids = our_ids(progs)
+        assert ids, "the verdict program and its maps were not handed over"
         yield progs
     finally:
         progs.close()
         bpf_maps.unpin_all(PIN)
+    deadline = time.monotonic() + 5  # freed after an RCU grace period
+    while set(loaded_ids()) & ids and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(loaded_ids()) & ids, "the kernel relay outlived its owner"
+
+
+def our_ids(progs) -> set:
+    """Kernel ids of the relay's program and maps, from our fds."""
+    out = set()
+    for fd in progs.relay.values():
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith(("prog_id:", "map_id:")):
+                    kind, v = line.split(":")
+                    out.add((kind, int(v)))
+    return out
+
+
+def loaded_ids() -> list:
+    out = []
+    for kind, what in (("prog_id", "prog"), ("map_id", "map")):
+        r = subprocess.run(["bpftool", "-j", what, "show"], capture_output=True, text=True)
+        out += [(kind, x["id"]) for x in json.loads(r.stdout or "[]")]
+    return out
 
 
 @pytest.fixture
