@@ -119,9 +119,14 @@ class ConnBench:
                                           str(n), "--period", str(self.period), "--hold", str(self.hold)],
                                stdout=subprocess.PIPE, text=True)
             opened = json.loads(p.stdout.readline() or "{}")
+            t_open = time.monotonic()
             time.sleep(min(self.period, self.hold / 2))  # every connection has sent once more
             held = {f: rss_kib(self.fwd[f]) for f in fwds}
             conns = {f: self.lab.admin(f, "status")["connections"] for f in fwds}
+            # how many the kernel relay carries, late in the hold (a connection goes to the
+            # kernel after 16 turns: 8 messages and their echoes)
+            time.sleep(max(0.0, t_open + 0.8 * self.hold - time.monotonic()))
+            in_kernel = {f: self.lab.admin(f, "status").get("connections_in_kernel", 0) for f in fwds}
             done = json.loads(p.stdout.readline() or "{}")
             p.wait(timeout=60)
             if not opened or not done:
@@ -129,7 +134,8 @@ class ConnBench:
             per_conn = max((held[f] - idle[f]) * 1024 / max(1, opened["open"]) for f in fwds)
             errors = sum(opened["errors"].values()) + sum(done["errors"].values())
             self._add("connections held", topo, "mesh", [opened["open"]], errors=errors,
-                      messages=done["messages"], forwarder_connections=conns)
+                      messages=done["messages"], forwarder_connections=conns,
+                      forwarder_connections_in_kernel=in_kernel)
             self._add("forwarder bytes/conn", topo, "mesh", [per_conn],
                       rss_idle_kib=idle, rss_held_kib=held)
             self._add("open rate conn/s", topo, "mesh", [opened["per_second"]])

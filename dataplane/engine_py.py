@@ -18,6 +18,7 @@ without the GIL.
     kernel(socks_fd, state_fd, ring_fd, ring_bytes) -> bool
                         give the engine the kernel relay's maps; False here (no kernel path),
                         True from the C engine
+    in_kernel()         open connections the kernel carries (0 here)
     abort(id) -> bool   reset both sides; the connection ends with ECONNABORTED. False when
                         id is not open.
     close_conn(id) -> bool
@@ -73,6 +74,9 @@ class Engine:
     def kernel(self, socks_fd: int, state_fd: int, ring_fd: int, ring_bytes: int) -> bool:
         self._check()
         return False
+
+    def in_kernel(self) -> int:
+        return 0
 
     def add(self, a: int, b: int, to_b: bytes = b"", to_a: bytes = b"", mode: str = "auto") -> int:
         self._check()

@@ -50,10 +50,10 @@ class EngineRelays:
         self.loop = loop
         self.engine = Engine(max_conns)
         self.open = {}  # id -> EngineRelay
-        self.in_kernel = False  # whether mode "kernel" can carry bytes in the kernel
+        self.kernel_on = False  # whether mode "kernel" can carry bytes in the kernel
         try:
             if kernel:
-                self.in_kernel = self.engine.kernel(kernel["gw_kr_socks"], kernel["gw_kr_state"],
+                self.kernel_on = self.engine.kernel(kernel["gw_kr_socks"], kernel["gw_kr_state"],
                                                     kernel["gw_kr_events"], KR_RING_BYTES)
         except BaseException:
             self.engine.close()

@@ -33,6 +33,7 @@ cdef extern from "relay/engine.h" nogil:
     int gw_engine_bytes(gw_engine *e, uint32_t id, uint64_t out[2])
     size_t gw_engine_done(gw_engine *e, gw_ended *out, size_t n)
     uint32_t gw_engine_open(const gw_engine *e)
+    uint32_t gw_engine_in_kernel(const gw_engine *e)
 
 MODES = {"auto": GW_MODE_AUTO, "splice": GW_MODE_SPLICE, "copy": GW_MODE_COPY,
          "kernel": GW_MODE_KERNEL}
@@ -68,6 +69,10 @@ cdef class Engine:
         if gw_engine_kernel(self._live(), socks_fd, state_fd, ring_fd, ring_bytes) < 0:
             raise OSError(errno, "relay engine: " + os.strerror(errno))
         return True
+
+    def in_kernel(self) -> int:
+        """Open connections whose bytes the kernel carries (mode kernel)."""
+        return gw_engine_in_kernel(self._live())
 
     def add(self, int a, int b, bytes to_b=b"", bytes to_a=b"", str mode="auto") -> int:
         """Hand over two non-blocking sockets (their fds are the engine's from here on, even

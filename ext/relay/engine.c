@@ -108,6 +108,7 @@ struct gw_engine {
     /* under mu */
     struct conn **chunks;
     uint32_t max_conns, next_unused, free_head, open;
+    uint32_t in_kernel;       /* conns in the kernel relay's map: engine thread writes, owner reads */
     struct queue added, aborts, ended;   /* ids, ids, struct gw_ended */
     int stop;
     /* engine thread only */
@@ -378,6 +379,7 @@ static void end(struct gw_engine *e, struct conn *c, uint32_t id, int error)
             bpf_map(BPF_MAP_DELETE_ELEM, e->kr_state, &c->dir[i].cookie, NULL, 0);
         }
         c->in_map = 0;
+        __atomic_store_n(&e->in_kernel, e->in_kernel - 1, __ATOMIC_RELAXED);
     }
     pthread_mutex_lock(&e->mu);
     c->state = ENDED;
@@ -468,6 +470,7 @@ static int kernel_start(struct gw_engine *e, struct conn *c, uint32_t id)
      * socket whose peer could not join is read as a psock, with no entry (the verdict passes
      * everything), and the rest goes on as auto. */
     __atomic_store_n(&c->in_map, 1, __ATOMIC_RELEASE);  /* after the cookies: gw_engine_bytes */
+    __atomic_store_n(&e->in_kernel, e->in_kernel + 1, __ATOMIC_RELAXED);
     for (int i = 0; i < 2; i++) {
         struct dir *d = &c->dir[i];
         d->psock = 1;
@@ -853,6 +856,11 @@ fail:;
             close(fds[i]);
     errno = saved;
     return -1;
+}
+
+uint32_t gw_engine_in_kernel(const struct gw_engine *e)
+{
+    return __atomic_load_n(&e->in_kernel, __ATOMIC_RELAXED);
 }
 
 uint32_t gw_engine_open(const struct gw_engine *e)

@@ -70,5 +70,7 @@ int gw_engine_bytes(struct gw_engine *e, uint32_t id, uint64_t out[2]);
 size_t gw_engine_done(struct gw_engine *e, struct gw_ended *out, size_t n);
 /* Connections open (added and not yet collected). */
 uint32_t gw_engine_open(const struct gw_engine *e);
+/* Open connections whose sockets are in the kernel relay's map (mode kernel). */
+uint32_t gw_engine_in_kernel(const struct gw_engine *e);
 
 #endif

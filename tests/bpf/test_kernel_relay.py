@@ -124,19 +124,21 @@ def test_small_messages_go_to_the_kernel(engine, programs):
     a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c, mode="kernel")
     ping_pong(a, d, 200)
+    assert engine.in_kernel() == 1
     assert engine.bytes(cid) == (1200, 1200)
     assert redirected(programs) >= 2400 - 16 * 6, "the bytes did not go through the kernel"
     a.close()
     assert read_all(d) == b""
     d.close()
     assert wait_done(engine) == [(cid, 0, 1200, 1200)]
+    assert engine.in_kernel() == 0
 
 
 def test_a_short_connection_never_enters_the_kernel(engine, programs):
     a, b, c, d = relay_pair()
     cid = hand_over(engine, b, c, mode="kernel")
     ping_pong(a, d, 3)
-    assert engine.bytes(cid) == (18, 18) and state_entries(programs) == 0
+    assert engine.bytes(cid) == (18, 18) and state_entries(programs) == 0 and engine.in_kernel() == 0
     a.close()
     d.close()
     assert wait_done(engine) == [(cid, 0, 18, 18)]
