@@ -21,6 +21,11 @@
  * the receive window lets in: tcp_data_ready does not call the verdict), then lowers it to 1,
  * which runs the verdict over what queued meanwhile, in order.
  *
+ * End of stream. A direction read in user space counts what it read against `passed`: a
+ * psock's recv can report EAGAIN instead of EOF once the FIN was consumed (Linux 6.1), and
+ * passed bytes can still wait in the psock's backlog when a FIN is seen, so the engine takes
+ * EOF only when the FIN came and it has read every byte the program passed.
+ *
  * One verdict runs at a time per socket (it runs under the socket's lock), so the plain
  * updates of a socket's entry do not race; the engine only reads them.
  */
@@ -32,6 +37,7 @@
 struct gw_kr_state {
 	__u64 peer;       /* socket cookie of the other socket */
 	__u64 redirected; /* bytes this socket received and the program sent to the other */
+	__u64 passed;     /* bytes this socket received and the program left to user space */
 	__u32 slot;       /* the engine's connection id */
 	__u32 gen;        /* and its generation: a stale event never reaches a reused slot */
 	__u32 side;       /* the direction this socket is the source of (0: a -> b) */
@@ -64,16 +70,22 @@ int gw_kr_verdict(struct __sk_buff *skb)
 		 * entry not yet (the engine writes it only once both sockets are in, so a redirect
 		 * never finds the peer missing). This direction then stays in user space from its
 		 * first byte: whoever inserts the entry first wins, and the engine sees EEXIST. */
-		struct gw_kr_state user = {.user = 1};
-		gw_kr_state.insert(&cookie, &user);
+		struct gw_kr_state user = {.passed = skb->len, .user = 1};
+		if (gw_kr_state.insert(&cookie, &user) == 0)
+			return SK_PASS;
+		st = gw_kr_state.lookup(&cookie);  /* the engine's entry came first */
+		if (!st)
+			return SK_PASS;
+	}
+	if (st->user) {
+		st->passed += skb->len;
 		return SK_PASS;
 	}
-	if (st->user)
-		return SK_PASS;
 	if (skb->len >= GW_KR_BULK) {
 		struct gw_kr_event ev = {.slot = st->slot, .gen = st->gen, .side = st->side};
 		if (gw_kr_events.ringbuf_output(&ev, sizeof(ev), 0) == 0) {
 			st->user = 1;
+			st->passed += skb->len;
 			return SK_PASS;
 		}
 	}

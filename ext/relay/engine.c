@@ -69,10 +69,12 @@ struct dir {                  /* one direction: src = fd[i], dst = fd[1 - i] for
     uint8_t psock;            /* src is in the kernel relay's map: read it, never splice */
     uint64_t cookie;          /* src's socket cookie: its gw_kr_state key */
     uint64_t w0;              /* what dst had written when the kernel took over */
+    uint64_t got;             /* read from src since then: against the verdict's `passed` */
+    uint8_t fin;              /* src's FIN came (EPOLLRDHUP) */
 };
 
 struct kr_state {             /* struct gw_kr_state in bpf/kernel_relay.c */
-    uint64_t peer, redirected;
+    uint64_t peer, redirected, passed;
     uint32_t slot, gen, side, user;
 };
 
@@ -256,6 +258,7 @@ static int copy_loop(struct gw_engine *e, struct dir *d, int src, int dst, size_
         if (n == 0)
             return SRC_EOF;
         taken += (size_t)n;
+        d->got += (uint64_t)n;
         size_t off = 0;
         int status = send_all(dst, e->scratch, (size_t)n, &off, moved, err);
         if (status == DST_BLOCKED) {  /* keep what dst did not take, for flush_rest */
@@ -314,7 +317,7 @@ static void watch(struct gw_engine *e, struct conn *c, uint32_t id, int side)
 {
     struct dir *d = &c->dir[side];
     uint32_t want = (d->reading ? EPOLLIN : 0) | (c->dir[1 - side].writing ? EPOLLOUT : 0) |
-                    (d->kern && !d->drain ? EPOLLRDHUP : 0);
+                    ((d->kern && !d->drain) || (d->psock && d->reading) ? EPOLLRDHUP : 0);
     if (want == 0 && c->in_map)
         want = IN_EPOLL;  /* asked for nothing, but ERR must still end a kernel-mode conn */
     if (want == c->mask[side])
@@ -474,6 +477,7 @@ static int kernel_start(struct gw_engine *e, struct conn *c, uint32_t id)
     for (int i = 0; i < 2; i++) {
         struct dir *d = &c->dir[i];
         d->psock = 1;
+        d->got = 0;  /* the verdict counts from here */
         if (in < 2)
             continue;
         struct kr_state st = {.peer = c->dir[1 - i].cookie, .slot = id, .gen = c->gen,
@@ -544,17 +548,19 @@ static void poll_drains(struct gw_engine *e)
         struct conn *c = slot(e, it.id);
         if (c->state != LIVE || c->gen != it.gen)
             continue;
-        int err = 0;
-        int r = drained(e, c, it.side, &err);
-        if (r < 0) {
-            end(e, c, it.id, err);
-            continue;
-        }
-        if (r == 0) {
-            e->drains[k++] = it;
-            continue;
-        }
         struct dir *d = &c->dir[it.side];
+        if (d->kern) {  /* else: waiting for passed bytes at EOF, read again (step) */
+            int err = 0;
+            int r = drained(e, c, it.side, &err);
+            if (r < 0) {
+                end(e, c, it.id, err);
+                continue;
+            }
+            if (r == 0) {
+                e->drains[k++] = it;
+                continue;
+            }
+        }
         d->kern = d->drain = 0;
         d->reading = 1;  /* level-triggered: what the psock holds, or the EOF, shows at once */
         watch(e, c, it.id, it.side);
@@ -615,6 +621,36 @@ static int to_kernel(struct gw_engine *e, struct conn *c, uint32_t id)
     return 0;
 }
 
+/* A psock src in user space came to a pause (EAGAIN) or to what recv calls EOF: the end of
+ * the stream only once its FIN came and every byte the verdict passed has been read (see
+ * kernel_relay.c). 1: EOF; 0: not yet; -1 with *err. */
+static int psock_eof(struct gw_engine *e, struct conn *c, int i, int recv_eof, int *err)
+{
+    struct dir *d = &c->dir[i];
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    struct kr_state st = {0};
+    if (!d->fin && !recv_eof)
+        return 0;
+    /* the socket lock: a verdict over the last bytes has finished when this returns */
+    if (getsockopt(c->fd[i], IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) {
+        *err = errno;
+        return -1;
+    }
+    switch (ti.tcpi_state) {  /* states after a FIN came in (include/net/tcp_states.h) */
+    case 6 /* TIME_WAIT */: case 7 /* CLOSE */: case 8 /* CLOSE_WAIT */: case 9 /* LAST_ACK */:
+    case 11 /* CLOSING */:
+        d->fin = 1;
+    }
+    if (!d->fin)
+        return 0;
+    if (bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &d->cookie, &st, 0) < 0 && errno != ENOENT) {
+        *err = errno;
+        return -1;
+    }
+    return d->got >= st.passed;
+}
+
 /* One direction's turn (Relay._step). 1 when the connection ended. */
 static int step(struct gw_engine *e, struct conn *c, uint32_t id, int i)
 {
@@ -626,6 +662,24 @@ static int step(struct gw_engine *e, struct conn *c, uint32_t id, int i)
     int status = move(e, c, i, &moved, &err);
     if (moved)
         __atomic_store_n(&d->bytes, d->bytes + moved, __ATOMIC_RELAXED);
+    if (status >= 0 && d->psock && (status & (SRC_EOF | SRC_DRAINED))) {
+        int r = psock_eof(e, c, i, (status & SRC_EOF) != 0, &err);
+        if (r < 0)
+            status = -1;
+        else if (r > 0)
+            status = (status & ~SRC_DRAINED) | SRC_EOF;
+        else if (status & SRC_EOF) {  /* passed bytes still on their way: look again soon */
+            status &= ~SRC_EOF;
+            set_reading(e, c, id, i, 0);
+            if (push_drain(e, c, id, i) < 0) {
+                err = ENOMEM;
+                status = -1;
+            } else {
+                d->drain = 1;
+                return 0;
+            }
+        }
+    }
     if (status < 0) {
         end(e, c, id, err);
         return 1;
@@ -673,6 +727,8 @@ static void on_event(struct gw_engine *e, uint64_t data, uint32_t events)
     if (c->state != LIVE || c->gen != gen)
         return;  /* ended earlier in this batch */
     if (c->in_map) {
+        if (events & (EPOLLRDHUP | EPOLLHUP))
+            c->dir[side].fin = 1;
         if (events & EPOLLERR) {  /* the kernel's writes may have failed: nothing is sure */
             int err = 0;
             socklen_t len = sizeof err;

@@ -147,7 +147,7 @@ def test_a_short_connection_never_enters_the_kernel(engine, programs):
 def redirected(programs) -> int:
     fd, total = programs.relay["gw_kr_state"], 0
     key, nxt = None, ctypes.c_uint64()
-    value = (ctypes.c_uint64 * 4)()
+    value = (ctypes.c_uint64 * 5)()  # struct gw_kr_state: peer, redirected, passed, 4 x u32
     while bpf_sys.map_next_key(fd, key, nxt):
         key = ctypes.c_uint64(nxt.value)
         if bpf_sys.map_lookup(fd, key, value):
