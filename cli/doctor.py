@@ -31,6 +31,8 @@ def _checks():
         yield "relay", IMPL == "cython" and ENGINE == "c", f"pump: {IMPL}, engine: {ENGINE}"
     except Exception as e:  # noqa: BLE001
         yield "relay", False, str(e)
+    from dataplane import kernel_relay
+    yield "kernel relay", True, kernel_relay.why_not()  # off is fine: the engine carries the bytes
     try:
         from dataplane.proto import tunnel_pb2  # noqa: F401
         yield "protobuf", True, "tunnel schema built"

@@ -9,6 +9,7 @@ The engine reports ends through an fd this class reads in the loop.
 """
 import os
 
+from . import kernel_relay
 from .bpf_programs import KR_RING_BYTES
 from .engine import Engine
 
@@ -52,7 +53,7 @@ class EngineRelays:
         self.open = {}  # id -> EngineRelay
         self.kernel_on = False  # whether mode "kernel" can carry bytes in the kernel
         try:
-            if kernel:
+            if kernel and kernel_relay.supported():
                 self.kernel_on = self.engine.kernel(kernel["gw_kr_socks"], kernel["gw_kr_state"],
                                                     kernel["gw_kr_events"], KR_RING_BYTES)
         except BaseException:

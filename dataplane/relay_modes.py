@@ -8,7 +8,8 @@
   docs/bench: round trip p50 29.6 against 35.7 us on one node (direct 17.4) and 40.6
   against 59.7 us across nodes; new connections/s unchanged; busy keep-alive HTTP across
   nodes 26.8k against 34.6k req/s and one bulk stream across nodes 10.9 against 12.5 Gbit/s
-  (the kernel's redirects go through one kworker per CPU);
+  (the kernel's redirects go through one kworker per CPU). On from Linux 6.18 only
+  (dataplane/kernel_relay.py); below it, kernel runs as engine;
 - engine: the relay engine's thread (dataplane/engine_relays.py), C without the GIL, with
   auto's choice of copy or splice per direction. Measured against auto in one
   run (`glasswing bench --quick`): round trip p50 36 against 43 us on one node and 62

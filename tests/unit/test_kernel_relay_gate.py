@@ -1,0 +1,22 @@
+"""dataplane/kernel_relay.py: the kernel relay is on only from the oldest kernel it is tested
+on, and GLASSWING_KERNEL_RELAY overrides that."""
+import pytest
+
+from dataplane import kernel_relay
+
+
+@pytest.mark.parametrize("release,on", [("6.18.44-fc-v669", True), ("6.19.0", True), ("7.0.1", True),
+                                        ("6.1.0-56-amd64", False), ("6.17.9", False), ("5.15.0", False),
+                                        ("garbage", False)])
+def test_on_from_the_tested_kernel(monkeypatch, release, on):
+    monkeypatch.delenv("GLASSWING_KERNEL_RELAY", raising=False)
+    assert kernel_relay.supported(release) is on
+    assert kernel_relay.why_not(release).startswith("on" if on else "off: kernel")
+
+
+@pytest.mark.parametrize("force", ["on", "off"])
+def test_override(monkeypatch, force):
+    monkeypatch.setenv("GLASSWING_KERNEL_RELAY", force)
+    for release in ("6.1.0", "6.18.1"):
+        assert kernel_relay.supported(release) is (force == "on")
+        assert kernel_relay.why_not(release).startswith(f"{force}: GLASSWING_KERNEL_RELAY={force}")
