@@ -71,6 +71,10 @@ class EngineRelays:
     def __len__(self) -> int:
         return len(self.open)
 
+    def in_kernel(self) -> int:
+        """Open connections whose bytes the kernel carries."""
+        return self.engine.in_kernel()
+
     def _collect(self) -> None:
         for cid, code, ab, ba in self.engine.done():
             r = self.open.pop(cid, None)

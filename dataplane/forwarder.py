@@ -727,7 +727,7 @@ class Forwarder:
                 "pods": sorted(self.pods), "services": len(self.doc["services"]),
                 "connections": len(self.relays), "relay": self.relay_mode, "pump": IMPL,
                 "engine": ENGINE, "kernel_relay": bool(self.engine and self.engine.kernel_on),
-                "connections_in_kernel": self.engine.engine.in_kernel() if self.engine else 0,
+                "connections_in_kernel": self.engine.in_kernel() if self.engine else 0,
                 "pipes": {"lent": POOL.lent, "idle": len(POOL.idle)}, "stats": self.stats,
                 "http": {**self.http_metrics,
                          "pool": dict(self.http_pool.stats, idle=self.http_pool.idle())

@@ -521,23 +521,37 @@ static void hand_back(struct gw_engine *e, struct conn *c, uint32_t id, int side
         end(e, c, id, ENOMEM);
 }
 
-/* 1 when every byte the kernel took from src is in dst, -1 on error with *err. */
-static int drained(struct gw_engine *e, struct conn *c, int side, int *err)
+/* Where the kernel stands on direction `side`: src's TCP_INFO and its gw_kr_state entry (all
+ * zero when absent and !need_entry). Taking TCP_INFO takes src's socket lock, so a verdict
+ * running in softirq over bytes before a FIN has finished when this returns: with the FIN
+ * in, the entry's counters are final. 0, or -1 with *err. */
+static int settled(struct gw_engine *e, struct conn *c, int side, int need_entry,
+                   struct tcp_info *ti, struct kr_state *st, int *err)
 {
-    struct dir *d = &c->dir[side];
-    struct tcp_info ti;
-    socklen_t len = sizeof ti;
-    struct kr_state st;
-    uint64_t w;
-    /* TCP_INFO takes src's socket lock: a verdict running in softirq over the bytes before
-     * the FIN has finished when this returns, so redirected is final. */
-    if (getsockopt(c->fd[side], IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
-        bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &d->cookie, &st, 0) < 0 ||
-        written(c->fd[1 - side], &w) < 0) {
+    socklen_t len = sizeof *ti;
+    memset(st, 0, sizeof *st);
+    if (getsockopt(c->fd[side], IPPROTO_TCP, TCP_INFO, ti, &len) < 0 ||
+        (bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &c->dir[side].cookie, st, 0) < 0 &&
+         (need_entry || errno != ENOENT))) {
         *err = errno;
         return -1;
     }
-    return w >= d->w0 + st.redirected;
+    return 0;
+}
+
+/* 1 when every byte the kernel took from src is in dst, -1 on error with *err. */
+static int drained(struct gw_engine *e, struct conn *c, int side, int *err)
+{
+    struct tcp_info ti;
+    struct kr_state st;
+    uint64_t w;
+    if (settled(e, c, side, 1, &ti, &st, err) < 0)
+        return -1;
+    if (written(c->fd[1 - side], &w) < 0) {
+        *err = errno;
+        return -1;
+    }
+    return w >= c->dir[side].w0 + st.redirected;
 }
 
 static void poll_drains(struct gw_engine *e)
@@ -628,15 +642,11 @@ static int psock_eof(struct gw_engine *e, struct conn *c, int i, int recv_eof, i
 {
     struct dir *d = &c->dir[i];
     struct tcp_info ti;
-    socklen_t len = sizeof ti;
-    struct kr_state st = {0};
+    struct kr_state st;
     if (!d->fin && !recv_eof)
         return 0;
-    /* the socket lock: a verdict over the last bytes has finished when this returns */
-    if (getsockopt(c->fd[i], IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) {
-        *err = errno;
+    if (settled(e, c, i, 0, &ti, &st, err) < 0)
         return -1;
-    }
     switch (ti.tcpi_state) {  /* states after a FIN came in (include/net/tcp_states.h) */
     case 6 /* TIME_WAIT */: case 7 /* CLOSE */: case 8 /* CLOSE_WAIT */: case 9 /* LAST_ACK */:
     case 11 /* CLOSING */:
@@ -644,10 +654,6 @@ static int psock_eof(struct gw_engine *e, struct conn *c, int i, int recv_eof, i
     }
     if (!d->fin)
         return 0;
-    if (bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &d->cookie, &st, 0) < 0 && errno != ENOENT) {
-        *err = errno;
-        return -1;
-    }
     return d->got >= st.passed;
 }
 

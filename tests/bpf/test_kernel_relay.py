@@ -25,8 +25,8 @@ from dataplane import bpf_maps, bpf_sys, kernel_relay
 from dataplane.bpf_programs import KR_RING_BYTES, Programs
 from dataplane.engine import twins
 from tests.conftest import need_root_and_bpf
-from tests.unit.test_engine import hand_over, wait_done
-from tests.unit.test_relay import TIMEOUT, crossing, payload, read_all, relay_pair, writer
+from tests.unit.test_engine import carries_exactly, hand_over, wait_done
+from tests.unit.test_relay import TIMEOUT, payload, read_all, relay_pair, writer
 
 PIN = "/sys/fs/bpf/glasswing/krtest"
 KERNEL = kernel_relay.supported()  # else mode kernel runs as the engine alone
@@ -84,32 +84,26 @@ def engine(programs):
     assert state_entries(programs) == 0, "an ended connection left its entries"
 
 
-def state_entries(programs) -> int:
-    fd, n = programs.relay["gw_kr_state"], 0
+def states(programs) -> list:
+    """The kernel relay's state entries, as (peer, redirected, passed, ...) u64 arrays."""
+    fd, out = programs.relay["gw_kr_state"], []
     key, nxt = None, ctypes.c_uint64()
     while bpf_sys.map_next_key(fd, key, nxt):
-        n += 1
         key = ctypes.c_uint64(nxt.value)
-    return n
+        value = (ctypes.c_uint64 * 5)()  # struct gw_kr_state: peer, redirected, passed, 4 x u32
+        if bpf_sys.map_lookup(fd, key, value):
+            out.append(value)
+    return out
+
+
+def state_entries(programs) -> int:
+    return len(states(programs))
 
 
 @pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
                                              (123_457, 2_500_001), (40_000, 40_000)])
 def test_bytes_arrive_exactly_both_ways_with_half_close(engine, size_ab, size_dc):
-    a, b, c, d = relay_pair()
-    ab, dc = payload(1, size_ab), payload(2, size_dc)
-    cid = hand_over(engine, b, c, mode="kernel")
-    threads, got = crossing(a, d, ab, dc)
-    for t in threads:
-        t.start()
-    ended = wait_done(engine)
-    for t in threads:
-        t.join(TIMEOUT)
-    a.close()
-    d.close()
-    assert hashlib.sha256(got["ab"]).digest() == hashlib.sha256(ab).digest() and len(got["ab"]) == size_ab
-    assert got["dc"] == dc
-    assert ended == [(cid, 0, size_ab, size_dc)]
+    carries_exactly(engine, "kernel", size_ab, size_dc)
 
 
 def ping_pong(a, d, rounds, start=0):
@@ -152,14 +146,7 @@ def test_a_short_connection_never_enters_the_kernel(engine, programs):
 
 
 def redirected(programs) -> int:
-    fd, total = programs.relay["gw_kr_state"], 0
-    key, nxt = None, ctypes.c_uint64()
-    value = (ctypes.c_uint64 * 5)()  # struct gw_kr_state: peer, redirected, passed, 4 x u32
-    while bpf_sys.map_next_key(fd, key, nxt):
-        key = ctypes.c_uint64(nxt.value)
-        if bpf_sys.map_lookup(fd, key, value):
-            total += value[1]
-    return total
+    return sum(v[1] for v in states(programs))
 
 
 def test_bulk_after_small_messages_keeps_order(engine, programs):

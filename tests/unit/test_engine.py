@@ -77,6 +77,13 @@ def is_closed(fd):
 @pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
                                              (123_457, 2_500_001)])
 def test_bytes_arrive_exactly_both_ways_with_half_close(engine, mode, size_ab, size_dc):
+    cid = carries_exactly(engine, mode, size_ab, size_dc)
+    assert len(engine) == 0 and engine.bytes(cid) is None
+
+
+def carries_exactly(engine, mode, size_ab, size_dc) -> int:
+    """Random payloads both ways through one connection in mode, with half-close; asserts
+    they arrive byte for byte and the end reports them; returns the connection's id."""
     a, b, c, d = relay_pair()
     ab, dc = payload(1, size_ab), payload(2, size_dc)
     cid = hand_over(engine, b, c, mode=mode)
@@ -91,7 +98,7 @@ def test_bytes_arrive_exactly_both_ways_with_half_close(engine, mode, size_ab, s
     assert hashlib.sha256(got["ab"]).digest() == hashlib.sha256(ab).digest() and len(got["ab"]) == size_ab
     assert got["dc"] == dc
     assert ended == [(cid, 0, size_ab, size_dc)]
-    assert len(engine) == 0 and engine.bytes(cid) is None
+    return cid
 
 
 @pytest.mark.parametrize("mode", ["auto", "splice", "copy"])
