@@ -18,18 +18,22 @@ def kernel_version(release: str = None) -> tuple:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def supported(release: str = None) -> bool:
+def _forced() -> str:
+    """"on" or "off" from GLASSWING_KERNEL_RELAY, else ""."""
     force = os.environ.get("GLASSWING_KERNEL_RELAY", "").strip().lower()
-    if force in ("on", "off"):
-        return force == "on"
-    return kernel_version(release) >= KERNEL_MIN
+    return force if force in ("on", "off") else ""
+
+
+def supported(release: str = None) -> bool:
+    force = _forced()
+    return force == "on" if force else kernel_version(release) >= KERNEL_MIN
 
 
 def why_not(release: str = None) -> str:
     """One line for doctor and status."""
     v = ".".join(map(str, kernel_version(release)))
-    force = os.environ.get("GLASSWING_KERNEL_RELAY", "").strip().lower()
-    if force in ("on", "off"):
+    force = _forced()
+    if force:
         return f"{force}: GLASSWING_KERNEL_RELAY={force} (kernel {v})"
     if supported(release):
         return f"on (kernel {v})"

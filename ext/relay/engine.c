@@ -426,28 +426,14 @@ static void set_lowat(int fd, int v)
     setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v);
 }
 
-/* Put a connection's sockets in the kernel relay. 0: the kernel carries both directions (or
- * a direction the verdict already turned over); -1: not possible, go on as auto (nothing of
- * the kernel relay is left on the sockets); 1: the connection ended (a read-ahead failed). */
+/* Put a connection's sockets in the kernel relay; the engine holds nothing for it (see
+ * to_kernel). 0: the kernel carries both directions (or a direction the verdict already
+ * turned over); -1: not possible, go on as auto (nothing of the kernel relay is left on the
+ * sockets). */
 static int kernel_start(struct gw_engine *e, struct conn *c, uint32_t id)
 {
     if (e->kr_socks < 0)
         return -1;
-    for (int i = 0; i < 2; i++) {  /* the kernel takes over an engine holding nothing */
-        struct dir *d = &c->dir[i];
-        size_t moved = 0;
-        int err = 0;
-        if (!d->rest)
-            continue;
-        int status = flush_rest(d, c->fd[1 - i], &moved, &err);
-        __atomic_store_n(&d->bytes, d->bytes + moved, __ATOMIC_RELAXED);
-        if (status < 0) {
-            end(e, c, id, err);
-            return 1;
-        }
-        if (status == DST_BLOCKED)
-            return -1;
-    }
     for (int i = 0; i < 2; i++) {
         socklen_t len = sizeof c->dir[i].cookie;
         if (getsockopt(c->fd[i], SOL_SOCKET, SO_COOKIE, &c->dir[i].cookie, &len) < 0 ||
@@ -612,27 +598,23 @@ static void read_ring(struct gw_engine *e)
 
 /* Mode kernel: a connection that has carried KR_AFTER turns of small messages, with nothing
  * held in the engine (no leftovers, no pipe: a direction that carried bulk stays here) and
- * neither direction ended, goes to the kernel. 1 when the connection ended. */
-static int to_kernel(struct gw_engine *e, struct conn *c, uint32_t id)
+ * neither direction ended, goes to the kernel. */
+static void to_kernel(struct gw_engine *e, struct conn *c, uint32_t id)
 {
     for (int i = 0; i < 2; i++) {
         struct dir *d = &c->dir[i];
         if (d->rest || d->spliced || d->done || d->writing)
-            return 0;
+            return;
     }
-    int r = kernel_start(e, c, id);
-    if (r > 0)
-        return 1;
-    if (r < 0) {
+    if (kernel_start(e, c, id) < 0) {
         c->mode = GW_MODE_AUTO;  /* not again */
-        return 0;
+        return;
     }
     for (int i = 0; i < 2; i++) {
         if (c->dir[i].kern)
             c->dir[i].reading = 0;  /* the kernel reads src now */
         watch(e, c, id, i);
     }
-    return 0;
 }
 
 /* A psock src in user space came to a pause (EAGAIN) or to what recv calls EOF: the end of
@@ -708,7 +690,7 @@ static int step(struct gw_engine *e, struct conn *c, uint32_t id, int i)
     }
     set_reading(e, c, id, i, 1);
     if (c->mode == GW_MODE_KERNEL && moved && !c->in_map && ++c->turns >= KR_AFTER)
-        return to_kernel(e, c, id);
+        to_kernel(e, c, id);
     return 0;
 }
 
