@@ -244,10 +244,15 @@ def test_peer_gone_while_the_other_side_is_blocked_loses_nothing(mode, pool):
         r, done = await run_relay(mode, b, c)
         a.shutdown(socket.SHUT_WR)
         assert await asyncio.to_thread(read_all, d) == b""
-        await asyncio.to_thread(writer, d, [back])
-        d.close()
+        # D writes everything and closes. The socket buffers and the pipe usually hold all
+        # 8 MB, so D is gone before A reads; when autotuning left them smaller, D would wait
+        # for A for ever, so A starts reading after 5 s whatever happened.
+        t = threading.Thread(target=lambda: (writer(d, [back]), d.close()))
+        t.start()
+        await asyncio.to_thread(t.join, 5)
         await asyncio.sleep(0.3)  # A still not reading: the relay sits blocked on it
         got = await asyncio.to_thread(read_all, a)
+        await asyncio.to_thread(t.join, TIMEOUT)
         await asyncio.wait_for(done, TIMEOUT)
         return r, got
 
