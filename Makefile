@@ -51,7 +51,7 @@ test-unit test-bpf test-integration: build
 	$(PYTEST) -q -rs tests/$(subst test-,,$@)
 
 clean:
-	rm -rf build *.egg-info .build-ext dataplane/*.so dataplane/proto/*_pb2.py ext/*.c
+	rm -rf build *.egg-info .build-ext dataplane/relay/*.so dataplane/proto/*_pb2.py ext/*.c
 
 # --- Test VM (Vagrant + libvirt; README "Test VM (Vagrant)") -----------------------------
 # vm-box: a local Debian 12 libvirt box built from Debian's archive, for offline provisioning

@@ -1,14 +1,14 @@
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="glasswing",
     python_requires=">=3.11",
-    packages=["dataplane", "dataplane.proto", "glasswing"],
+    packages=find_packages(include=["dataplane", "dataplane.*", "lab", "lab.*"]) + ["glasswing"],
     package_dir={"glasswing": "cli", "": "."},
     ext_modules=cythonize(
-        [Extension("dataplane._pump_c", ["ext/pump.pyx"], include_dirs=["ext"]),
-         Extension("dataplane._engine_c", ["ext/engine.pyx", "ext/relay/engine.c"],
+        [Extension("dataplane.relay._pump_c", ["ext/pump.pyx"], include_dirs=["ext"]),
+         Extension("dataplane.relay._engine_c", ["ext/engine.pyx", "ext/relay/engine.c"],
                    include_dirs=["ext"], extra_compile_args=["-O2", "-Wall"])],
         compiler_directives={"language_level": 3},
     ),

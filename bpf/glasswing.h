@@ -1,6 +1,6 @@
 /* Glasswing: map structs and constants shared by every hook program.
  *
- * Each struct here is mirrored field by field in dataplane/bpf_structs.py;
+ * Each struct here is mirrored field by field in dataplane/kernel/structs.py;
  * tests/unit/test_bpf_structs.py compiles this header and fails when a size
  * or offset differs. Padding is explicit so both sides agree on layout.
  *

@@ -1,1 +1,1 @@
-"""The `glasswing` command: parses, calls dataplane.control, prints."""
+"""The `glasswing` command: parses, calls dataplane.node.control, prints."""

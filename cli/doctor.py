@@ -7,7 +7,7 @@ from .output import emit
 
 
 def _checks():
-    from dataplane import cgroups
+    from dataplane.host import cgroups
     yield "root", os.geteuid() == 0, "run as root"
     try:
         import bcc  # noqa: F401 - importable is the check
@@ -26,12 +26,12 @@ def _checks():
     for tool in ("ip", "bpftool", "iperf3"):
         yield tool, shutil.which(tool) is not None, shutil.which(tool) or "not found"
     try:
-        from dataplane.engine import IMPL as ENGINE
-        from dataplane.pump import IMPL
+        from dataplane.relay.engine import IMPL as ENGINE
+        from dataplane.relay.pump import IMPL
         yield "relay", IMPL == "cython" and ENGINE == "c", f"pump: {IMPL}, engine: {ENGINE}"
     except Exception as e:  # noqa: BLE001
         yield "relay", False, str(e)
-    from dataplane import kernel_relay
+    from dataplane.kernel import relay_gate as kernel_relay
     yield "kernel relay", True, kernel_relay.why_not()  # off is fine: the engine carries the bytes
     try:
         from dataplane.proto import tunnel_pb2  # noqa: F401

@@ -137,8 +137,8 @@ def main(argv=None) -> int:
 
 
 def run(args):
-    from dataplane.control import Control
-    from dataplane import names
+    from dataplane.node.control import Control
+    from dataplane.store import names
 
     ctl = Control(node=args.node, store=args.store)
     if args.node != LOCAL_NODE:
@@ -147,9 +147,9 @@ def run(args):
     if cmd == "up":
         if args.foreground:
             ctl.require_root()
-            from dataplane.bpf_programs import check_bpf_available
-            from dataplane.forwarder import run as run_forwarder
-            from dataplane.relay_modes import default as default_relay
+            from dataplane.kernel.programs import check_bpf_available
+            from dataplane.node.forwarder import run as run_forwarder
+            from dataplane.relay.modes import default as default_relay
             check_bpf_available()
             return run_forwarder(ctl.store_url, args.node, ctl.run_root, relay=args.relay or default_relay())
         st = ctl.up(relay=args.relay)
@@ -166,18 +166,18 @@ def run(args):
         from .doctor import doctor
         return doctor(args.json)
     elif cmd == "demo":
-        from dataplane.demo import run_demo
+        from lab.demo import run_demo
         return run_demo(seconds=args.seconds)
     elif cmd == "bench" and sub in (None, "datapath"):
         ctl.require_root()
-        from dataplane import bench
+        from lab.bench import datapath as bench
         bench.run(args.quick, args.out)
     elif cmd == "bench" and sub == "connections":
         ctl.require_root()
         for name in ("connections", "hold", "period"):
             if getattr(args, name) <= 0:
                 raise GlasswingError(f"--{name} must be positive, not {getattr(args, name)}")
-        from dataplane import bench_connections
+        from lab.bench import connections as bench_connections
         bench_connections.run(args.quick, args.connections, args.hold, args.period, args.out)
     elif cmd == "bench" and sub == "http":
         ctl.require_root()
@@ -186,11 +186,11 @@ def run(args):
                 raise GlasswingError(f"--{name} must be positive, not {getattr(args, name)}")
         if args.quick:
             args.runs, args.seconds = 3, 10.0
-        from dataplane import bench_http_latency
+        from lab.bench import http_latency as bench_http_latency
         bench_http_latency.run(args.rate, args.connections, args.seconds, args.runs, args.out)
     elif cmd == "bench":
         ctl.require_root()
-        from dataplane import bench_registry
+        from lab.bench import registry as bench_registry
         backends = ("file", "etcd") if args.backend == "both" else (args.backend,)
         res = bench_registry.run(backends, args.services, args.endpoints, args.samples,
                                  say=(lambda m: None) if args.json else print)
@@ -221,8 +221,8 @@ def _print_status(s):
 
 
 def _config(ctl, args, cmd):
-    from dataplane import config_schema as cs
-    from dataplane import config_store as store
+    from dataplane.store import schema as cs
+    from dataplane.store import config as store
     if cmd == "apply":
         ctl.require_root()
         docs = cs.load_all(args.filename)
@@ -284,7 +284,7 @@ def _node(ctl, args, sub):
 
 
 def _pod(ctl, args, sub):
-    from dataplane import names
+    from dataplane.store import names
     if sub == "add":
         rec = ctl.pod_add(args.name, address=args.ip, ns=args.netns, cgroup=args.cgroup,
                           labels=names.labels(args.label), fail_mode=args.fail,
@@ -310,7 +310,7 @@ def _ports(ports, arrow, sep) -> str:
 
 
 def _service(ctl, args, sub):
-    from dataplane import names
+    from dataplane.store import names
     if sub == "add":
         rec = ctl.service_add(args.name, ports=args.port, endpoints=args.endpoint,
                               selector=names.labels(args.selector) or None, vip=args.vip,
@@ -320,7 +320,7 @@ def _service(ctl, args, sub):
     elif sub == "rm":
         ctl.service_rm(args.name)
     else:
-        from dataplane import services as svcs
+        from dataplane.store import services as svcs
         doc = ctl.store.read()
         rows = []
         for n, s in sorted(doc["services"].items()):

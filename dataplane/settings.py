@@ -10,6 +10,9 @@ Environment variables (read here only):
 import ipaddress
 import os
 
+# the checkout (or installed tree) this package runs from: bpf/ and ext/ sources live beside it
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 POD_RANGE = ipaddress.IPv4Network("198.18.0.0/16")
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")  # node addresses of simulated nodes
 SERVICE_RANGE = ipaddress.IPv4Network("198.19.0.0/16")

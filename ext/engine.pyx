@@ -1,8 +1,8 @@
 # cython: language_level=3
 """The relay engine (ext/relay/engine.c) for Python: a thread with its own epoll that moves
-the bytes of every connection handed to it, without the GIL. Built as dataplane._engine_c.
+the bytes of every connection handed to it, without the GIL. Built as dataplane.relay._engine_c.
 
-Twin of dataplane/engine_py.py (same class, methods and semantics; that module's docstring
+Twin of dataplane/relay/engine_py.py (same class, methods and semantics; that module's docstring
 is the reference).
 """
 import os

@@ -1,8 +1,8 @@
 # C-level interface of the splice byte pump: its status bits and its loop.
 #
-# ext/pump.pyx (built as dataplane._pump_c) cimports this file as `pump`. The loop itself is
+# ext/pump.pyx (built as dataplane.relay._pump_c) cimports this file as `pump`. The loop itself is
 # C, in ext/relay/splice_loop.h, shared with the relay engine (ext/relay/engine.c), so both
-# move spliced bytes the same way. The semantics are documented in dataplane/pump_py.py (the
+# move spliced bytes the same way. The semantics are documented in dataplane/relay/pump_py.py (the
 # pure-Python twin).
 
 cdef extern from "relay/splice_loop.h" nogil:

@@ -2,7 +2,7 @@
 """Byte pumps, one direction of a TCP connection each: pump() splices src fd -> pipe -> dst
 fd (zero copy), copy() reads into a scratch buffer and writes.
 
-Cython twin of dataplane/pump_py.py: same signatures, constants and semantics (that module's
+Cython twin of dataplane/relay/pump_py.py: same signatures, constants and semantics (that module's
 docstrings are the reference). pump's loop is gw_splice_loop (ext/relay/splice_loop.h, shared with the
 relay engine), run without the GIL.
 """
@@ -45,7 +45,7 @@ cdef char _scratch[262144]  # one buffer for every call: the GIL is held through
 
 def copy(int src_fd, int dst_fd, bytes rest, Py_ssize_t budget):
     """Move bytes src_fd -> dst_fd through a scratch buffer: read, write; return
-    (moved, rest, status). Twin of dataplane.pump_py.copy (its docstring is the reference).
+    (moved, rest, status). Twin of dataplane.relay.pump_py.copy (its docstring is the reference).
 
     Keeps the GIL (the scratch buffer is shared): the sockets are non-blocking, so no call
     waits."""

@@ -51,9 +51,8 @@ export VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_BOX_UPDATE_CHECK_DISABLE=1
 export LIBVIRT_DEFAULT_URI=qemu:///system
 export GLASSWING_BOX=$VM_BOX_NAME
 export GLASSWING_VM_DRIVER=${GLASSWING_VM_DRIVER:-qemu}
-# 8 GiB, not the Vagrantfile's 4: tests/bpf/test_local_hop.py's unbounded sk_msg case stops
-# at tcp_mem[0]/4, which the kernel sizes from RAM; with 4 GiB it stops too early to show
-# the 16x it asserts. Memory costs nothing until the guest touches it.
+# 8 GiB, not the Vagrantfile's 4, as every green VM run so far had (memory costs nothing
+# until the guest touches it).
 export GLASSWING_VM_MEMORY=${GLASSWING_VM_MEMORY:-8192}
 export GLASSWING_VM_NETWORK=none                  # isolated: no route from the VM out of the host
 export GLASSWING_VM_NETWORK_NAME=$net

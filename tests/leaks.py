@@ -3,7 +3,7 @@ import json
 import os
 import subprocess
 
-from dataplane import cgroups
+from dataplane.host import cgroups
 
 
 def snapshot(cluster_prefix: str = "gw-") -> dict:

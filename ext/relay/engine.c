@@ -32,7 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SRC_EOF GW_SRC_EOF          /* the status bits of dataplane/pump_py.py */
+#define SRC_EOF GW_SRC_EOF          /* the status bits of dataplane/relay/pump_py.py */
 #define DST_BLOCKED GW_DST_BLOCKED
 #define SRC_DRAINED GW_SRC_DRAINED
 

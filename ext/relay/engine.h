@@ -5,7 +5,7 @@
  * sockets to the engine (gw_engine_add). From then on the engine owns the fds: it moves
  * bytes (copy through a scratch buffer while a direction carries small messages, splice
  * through a pipe for good once one readiness moves GW_BULK bytes or more, the same choice
- * as dataplane/movers.py AutoMover), forwards half-closes, and closes both sockets when
+ * as dataplane/relay/movers.py AutoMover), forwards half-closes, and closes both sockets when
  * both directions are done, or resets both when either fails or the owner asks
  * (gw_engine_end). Each ended connection is queued for the owner, who collects it with
  * gw_engine_done() when the done fd (an eventfd) turns readable.
@@ -15,8 +15,8 @@
  * watches for FIN and errors; a direction the verdict turns over (bulk) or that got its FIN
  * comes back to the engine once the other socket has written all the kernel took.
  *
- * Semantics are those of dataplane/relay.py (the reference, run in a thread by the Python
- * twin dataplane/engine_py.py). Built into dataplane._engine_c by ext/engine.pyx.
+ * Semantics are those of dataplane/relay/relay.py (the reference, run in a thread by the Python
+ * twin dataplane/relay/engine_py.py). Built into dataplane.relay._engine_c by ext/engine.pyx.
  */
 #ifndef GW_ENGINE_H
 #define GW_ENGINE_H

@@ -1,7 +1,7 @@
 /* The splice byte loop, one direction of a TCP connection: src -> pipe -> dst with splice(2),
  * so the bytes never enter userspace. One loop for both of its users: the event loop's pump
- * (ext/pump.pyx through ext/pump.pxd, dataplane._pump_c.pump) and the relay engine's thread
- * (ext/relay/engine.c). The semantics are documented in dataplane/pump_py.py (the Python
+ * (ext/pump.pyx through ext/pump.pxd, dataplane.relay._pump_c.pump) and the relay engine's thread
+ * (ext/relay/engine.c). The semantics are documented in dataplane/relay/pump_py.py (the Python
  * twin of the pump). Needs no GIL and never blocks (all four fds non-blocking).
  */
 #ifndef GW_SPLICE_LOOP_H

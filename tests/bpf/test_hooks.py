@@ -18,12 +18,13 @@ import time
 
 import pytest
 
-from dataplane import bpf_maps, cgroups
-from dataplane.bpf_programs import HOOKS, Programs, attached, detach_stale
-from dataplane.bpf_state import MapState, ServiceIds, desired
-from dataplane.bpf_structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue
-from dataplane.catalog import Catalog
-from dataplane.lab import pod_preexec
+from dataplane.kernel import maps as bpf_maps
+from dataplane.host import cgroups
+from dataplane.kernel.programs import HOOKS, Programs, attached, detach_stale
+from dataplane.kernel.map_sync import MapState, ServiceIds, desired
+from dataplane.kernel.structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue
+from dataplane.store.catalog import Catalog
+from lab.cluster import pod_preexec
 from tests.conftest import need_root_and_bpf
 
 VIP, PORT = "198.19.77.7", 80

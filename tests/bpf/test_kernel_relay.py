@@ -1,5 +1,5 @@
 """The kernel relay (bpf/kernel_relay.c with the C engine's mode "kernel") against the real
-kernel. Below dataplane/kernel_relay.py's KERNEL_MIN the engine is given no maps, as the
+kernel. Below dataplane/kernel/relay_gate.py's KERNEL_MIN the engine is given no maps, as the
 forwarder does, and the same tests check that mode "kernel" then carries every byte as the
 engine alone (nothing in the kernel). With the kernel relay: bytes arrive exactly both ways with half-close in either order, a connection of small
 messages goes to the kernel after 16 turns (the forwarder is then not woken per message) and
@@ -21,9 +21,11 @@ import time
 
 import pytest
 
-from dataplane import bpf_maps, bpf_sys, kernel_relay
-from dataplane.bpf_programs import KR_RING_BYTES, Programs
-from dataplane.engine import twins
+from dataplane.kernel import maps as bpf_maps
+from dataplane.kernel import syscalls as bpf_sys
+from dataplane.kernel import relay_gate as kernel_relay
+from dataplane.kernel.programs import KR_RING_BYTES, Programs
+from dataplane.relay.engine import twins
 from tests.conftest import need_root_and_bpf
 from tests.unit.test_engine import carries_exactly, hand_over, wait_done
 from tests.unit.test_relay import TIMEOUT, payload, read_all, relay_pair, writer

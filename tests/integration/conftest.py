@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from dataplane.lab import Lab
+from lab.cluster import Lab
 from tests.conftest import need_root_and_bpf, need_tools
 from tests import leaks
 

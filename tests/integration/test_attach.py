@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from dataplane import cgroups
-from dataplane.lab import Lab
+from dataplane.host import cgroups
+from lab.cluster import Lab
 from tests import leaks
 
 from .conftest import PEERS, start_peers

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dataplane import topology
-from dataplane.kv_open import open_kv
-from dataplane.registry import Registry
+from dataplane.host import topology
+from dataplane.store.kv_open import open_kv
+from dataplane.store.registry import Registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GLASSWING = os.path.join(ROOT, ".venv", "bin", "glasswing")

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from dataplane.etcd_server import EtcdServer, etcd_binary
-from dataplane.lab import Lab
+from lab.etcd_server import EtcdServer, etcd_binary
+from lab.cluster import Lab
 from tests import leaks
 
 from .conftest import client, start_peers

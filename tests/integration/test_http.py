@@ -31,8 +31,8 @@ import time
 
 import pytest
 
-from dataplane.lab import Lab
-from dataplane.bench_http import nginx_argv
+from lab.cluster import Lab
+from lab.bench.http_peers import nginx_argv
 from tests import leaks
 from tests.conftest import need_tools
 

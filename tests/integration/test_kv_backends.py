@@ -1,5 +1,5 @@
 """One suite for both store backends (kv_file.FileKV and kv_etcd.EtcdKV),
-against a real file in a temp dir and a real etcd (dataplane/etcd_server.py), plus
+against a real file in a temp dir and a real etcd (lab/etcd_server.py), plus
 what only one of them can show: SIGKILLed file writers, etcd going away.
 
 Every test runs on a fresh store; temp dirs and etcd processes are removed
@@ -20,11 +20,11 @@ import urllib.request
 import pytest
 
 from dataplane.errors import GlasswingError
-from dataplane.kv import Compacted, Conflict, Txn, Unavailable
-from dataplane.kv_etcd import EtcdKV, prefix_range
-from dataplane.kv_file import EVENT_LOG, FileKV, TMP_PREFIX as FILE_TMP_PREFIX
-from dataplane.kv_open import open_kv
-from dataplane.etcd_server import TMP_PREFIX, EtcdServer, etcd_binary
+from dataplane.store.kv import Compacted, Conflict, Txn, Unavailable
+from dataplane.store.kv_etcd import EtcdKV, prefix_range
+from dataplane.store.kv_file import EVENT_LOG, FileKV, TMP_PREFIX as FILE_TMP_PREFIX
+from dataplane.store.kv_open import open_kv
+from lab.etcd_server import TMP_PREFIX, EtcdServer, etcd_binary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LEASE_TTL = 2
@@ -223,8 +223,8 @@ def test_bad_txns_are_refused_not_conflicts(kv):
 
 WRITER = """
 import sys, time
-from dataplane.kv import Conflict, Txn
-from dataplane.kv_open import open_kv
+from dataplane.store.kv import Conflict, Txn
+from dataplane.store.kv_open import open_kv
 kv = open_kv(sys.argv[1])
 key, start = sys.argv[2], float(sys.argv[3])
 while time.time() < start:
@@ -385,8 +385,8 @@ def test_60000_key_txn_then_range(kv):
 
 CRASHER = """
 import sys
-from dataplane.kv import Txn
-from dataplane.kv_file import FileKV
+from dataplane.store.kv import Txn
+from dataplane.store.kv_file import FileKV
 kv = FileKV(sys.argv[1])
 i = int(sys.argv[2])
 while True:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dataplane.lab import Lab
+from lab.cluster import Lab
 from tests import leaks
 
 from .conftest import client, start_peers

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from dataplane import relay_modes, tunnel_codec as tc
+from dataplane.relay import modes as relay_modes
+from dataplane.tunnel import codec as tc
 
 from .conftest import client
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dataplane.lab import Lab
+from lab.cluster import Lab
 from dataplane.settings import LEASE_TTL
 from tests import leaks
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from dataplane.lab import Lab
+from lab.cluster import Lab
 from tests import leaks
 
 from .conftest import PEERS, wait_listening

@@ -1,11 +1,11 @@
-"""dataplane.backoff: exponential bounds, capped, with full or decorrelated
+"""dataplane.policy.backoff: exponential bounds, capped, with full or decorrelated
 jitter drawn from the injected rng."""
 import random
 
 import pytest
 from hypothesis import given, strategies as st
 
-from dataplane.backoff import Backoff
+from dataplane.policy.backoff import Backoff
 
 
 def test_no_jitter_doubles_up_to_the_cap():

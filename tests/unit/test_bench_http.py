@@ -1,7 +1,7 @@
 """Reading wrk's report, and the nginx config the benchmarks run."""
 import pytest
 
-from dataplane import bench_http
+from lab.bench import http_peers as bench_http
 
 WRK = """Running 2s test @ http://198.18.1.3:8080/
   1 threads and 16 connections

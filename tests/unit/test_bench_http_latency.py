@@ -1,4 +1,4 @@
-"""dataplane.bench_http_latency and ext/loadgen/loadgen.c, without root: the open-loop generator
+"""lab.bench.http_latency and ext/loadgen/loadgen.c, without root: the open-loop generator
 times requests from their scheduled send time (a server stall shows in every request it
 delays, not in one), and the report's table."""
 import json
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dataplane import bench_http_latency as b
+from lab.bench import http_latency as b
 
 
 def stalling_server(stall_at: int, stall: float):

@@ -1,5 +1,5 @@
 """The bench's report: ratios to the baselines, the table and the chart."""
-from dataplane import bench
+from lab.bench import datapath as bench
 
 
 def rows():
@@ -31,7 +31,7 @@ def test_iperf3_gbps_reads_totals_and_refuses_an_error_with_exit_0():
 
     import pytest
 
-    from dataplane.bench_run import iperf3_gbps
+    from lab.bench.run import iperf3_gbps
     ok = CompletedProcess([], 0, '{"end": {"sum_received": {"bits_per_second": 2.5e9}}}', "")
     assert iperf3_gbps(ok, "x") == 2.5
     bad = CompletedProcess([], 0, '{"start": {}, "end": {}, "error": "received an unknown control message"}', "")

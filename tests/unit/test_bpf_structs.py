@@ -1,4 +1,4 @@
-"""The ctypes mirrors in dataplane/bpf_structs.py match bpf/glasswing.h byte for byte.
+"""The ctypes mirrors in dataplane/kernel/structs.py match bpf/glasswing.h byte for byte.
 
 gcc compiles the header into a small program that prints sizeof and offsetof of every
 mirrored field; each number is compared with ctypes. No root needed, but gcc and the
@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 
-from dataplane import bpf_structs
+from dataplane.kernel import structs as bpf_structs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER = os.path.join(ROOT, "bpf", "glasswing.h")
@@ -37,7 +37,7 @@ def _c_source() -> str:
 
 def _c_layout(tmp_path) -> dict:
     gcc = shutil.which("gcc")
-    assert gcc, "gcc not found: install gcc to check bpf/glasswing.h against dataplane/bpf_structs.py"
+    assert gcc, "gcc not found: install gcc to check bpf/glasswing.h against dataplane/kernel/structs.py"
     probe = subprocess.run([gcc, "-E", "-x", "c", "-"], input="#include <linux/bpf.h>\n",
                            capture_output=True, text=True)
     assert probe.returncode == 0, "linux/bpf.h not found: apt-get install linux-libc-dev\n" + probe.stderr

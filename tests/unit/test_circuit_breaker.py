@@ -1,10 +1,10 @@
-"""dataplane.circuit_breaker: caps on open and pending upstream connects per
+"""dataplane.policy.circuit_breaker: caps on open and pending upstream connects per
 service, with the limit that tripped named, and every admitted connect
 released exactly once."""
 import pytest
 from hypothesis import given, strategies as st
 
-from dataplane.circuit_breaker import CircuitBreaker
+from dataplane.policy.circuit_breaker import CircuitBreaker
 
 
 def test_zero_limits_mean_no_limit():

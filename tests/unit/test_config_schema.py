@@ -1,4 +1,4 @@
-"""dataplane.config_schema: documents users apply are parsed, validated strictly with one-line
+"""dataplane.store.schema: documents users apply are parsed, validated strictly with one-line
 errors naming file, document and field path, and convert to protobuf and back."""
 import io
 import json
@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import yaml
 
-from dataplane import config_schema as cs
+from dataplane.store import schema as cs
 from dataplane.errors import GlasswingError
 from dataplane.proto import config_pb2 as pb
 

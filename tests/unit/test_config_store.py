@@ -1,11 +1,11 @@
 """apply/get/delete on a real embedded store in a temp dir."""
 import pytest
 
-from dataplane import config_schema as cs
-from dataplane import config_store
+from dataplane.store import schema as cs
+from dataplane.store import config as config_store
 from dataplane.errors import GlasswingError
-from dataplane.kv_file import FileKV
-from dataplane.registry import Registry
+from dataplane.store.kv_file import FileKV
+from dataplane.store.registry import Registry
 
 
 @pytest.fixture

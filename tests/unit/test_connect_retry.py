@@ -1,4 +1,4 @@
-"""dataplane.connect_retry: which connect failures are retried, on which
+"""dataplane.policy.connect_retry: which connect failures are retried, on which
 endpoint, after what pause, and when to give up."""
 import asyncio
 import errno
@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from dataplane.backoff import Backoff
-from dataplane.connect_retry import ConnectRetry, classify
-from dataplane.retry_budget import RetryBudget
+from dataplane.policy.backoff import Backoff
+from dataplane.policy.connect_retry import ConnectRetry, classify
+from dataplane.policy.retry_budget import RetryBudget
 
 
 class Clock:

@@ -4,7 +4,7 @@ import struct
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR, DNSRROPT
 
-from dataplane import dns_codec as dc
+from dataplane.dns import codec as dc
 
 
 def query_bytes(name="web.default.svc.glasswing", qtype="A", id=0x1234, rd=1, edns=None, **kw):

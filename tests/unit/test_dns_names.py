@@ -1,6 +1,6 @@
 import pytest
 
-from dataplane.dns_names import DEFAULT_SUFFIX, classify
+from dataplane.dns.names import DEFAULT_SUFFIX, classify
 
 SERVICES = {
     ("default", "web"): "198.19.0.10",
@@ -109,7 +109,7 @@ def test_returns_fresh_lists():
 
 
 def test_prebuilt_names_answer_exactly_like_the_mapping():
-    from dataplane.dns_names import Names
+    from dataplane.dns.names import Names
     services = {("default", "web"): "198.19.0.10", ("shop", "Orders"): "198.19.0.11"}
     names = Names(services)
     for q in ("web", "web.default", "web.default.svc.glasswing", "orders.shop", "ORDERS.shop.svc.glasswing.",

@@ -13,9 +13,9 @@ import time
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR, DNSRROPT
 
-from dataplane import dns_codec as dc
-from dataplane.dns_names import classify
-from dataplane.dns_resolver import Resolver
+from dataplane.dns import codec as dc
+from dataplane.dns.names import classify
+from dataplane.dns.resolver import Resolver
 
 SERVICES = {("default", "web"): "198.19.0.10", ("shop", "cart"): "198.19.0.20"}
 POD = "default/client"

@@ -1,4 +1,4 @@
-"""The relay engine, both twins (C: dataplane._engine_c, Python: dataplane.engine_py), in
+"""The relay engine, both twins (C: dataplane.relay._engine_c, Python: dataplane.relay.engine_py), in
 each mode: bytes arrive exactly both ways with half-close, read-ahead goes first, resets
 and clean closes on request, failures reset the other side, back-pressure holds, stop and
 bad input lose nothing (every fd handed over is closed), ids are reused only after done().
@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from dataplane import engine as chooser
-from dataplane.engine_relays import EngineRelays
+from dataplane.relay import engine as chooser
+from dataplane.relay.engine_relays import EngineRelays
 
 from .test_pump import REQUIRE_ALL
 from .test_relay import TIMEOUT, crossing, payload, read_all, relay_pair, writer
@@ -232,7 +232,7 @@ def test_bad_mode_refused_and_fds_closed(engine):
 def test_engine_relays_report_ends_to_the_loop(twin, monkeypatch):
     """The forwarder's side: on_close once per connection, with the final counts; close()
     (idle timeout) is a clean end, abort() a reset, and closing the owner ends the rest."""
-    import dataplane.engine_relays as er
+    import dataplane.relay.engine_relays as er
     monkeypatch.setattr(er, "Engine", twin)
 
     async def main():
@@ -263,7 +263,7 @@ def test_engine_relays_report_ends_to_the_loop(twin, monkeypatch):
 
 def test_python_twin_runs_kernel_as_auto():
     """The Python twin has no kernel path: it says so, and carries mode "kernel" as auto."""
-    from dataplane import engine_py
+    from dataplane.relay import engine_py
     e = engine_py.Engine()
     try:
         assert e.kernel(-1, -1, -1, 4096) is False

@@ -5,9 +5,9 @@ import asyncio
 import errno
 import socket
 
-from dataplane import tunnel_codec as tc
-from dataplane.forwarder import REFUSALS, RelaySet, failure_reason, source_key
-from dataplane.streams import StreamRejected
+from dataplane.tunnel import codec as tc
+from dataplane.node.forwarder import REFUSALS, RelaySet, failure_reason, source_key
+from dataplane.tunnel.streams import StreamRejected
 
 
 def test_peer_rejections_that_never_reached_the_app_are_refusals():

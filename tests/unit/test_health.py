@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from dataplane.health import HealthState, probe
+from dataplane.policy.health import HealthState, probe
 
 
 def test_thresholds():

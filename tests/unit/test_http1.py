@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from dataplane import http1 as h
-from dataplane.http1 import NEED_DATA, PAUSED
+from dataplane.http import h1 as h
+from dataplane.http.h1 import NEED_DATA, PAUSED
 
 
 def drain(parser, data=b"", eof=False, limit=10_000):

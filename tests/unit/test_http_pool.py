@@ -1,9 +1,9 @@
-"""dataplane.http_pool.UpstreamPool over socketpairs: LIFO reuse, limits, idle expiry, and
+"""dataplane.http.pool.UpstreamPool over socketpairs: LIFO reuse, limits, idle expiry, and
 connections the peer closes while idle leave the pool by themselves."""
 import asyncio
 import socket
 
-from dataplane.http_pool import PooledConn, UpstreamPool
+from dataplane.http.pool import PooledConn, UpstreamPool
 
 
 _PEERS = []

@@ -1,4 +1,4 @@
-"""dataplane.http_proxy: the HTTP/1.1 session end to end over loopback TCP, no root.
+"""dataplane.http.proxy: the HTTP/1.1 session end to end over loopback TCP, no root.
 
     client (raw HTTP bytes) --TCP--> Proxy: accept -> HttpSession --TCP--> Server(s)
                                                |  FakeUpstreams.pick/connect
@@ -16,15 +16,15 @@ import time
 
 import pytest
 
-from dataplane import config_schema as cs
-from dataplane import http1 as h
-from dataplane import http_route as hr
-from dataplane.http_pool import UpstreamPool
-from dataplane.http_proxy import (HTTP, OPAQUE, HttpSession, HttpSettings, NoEndpoint,
+from dataplane.store import schema as cs
+from dataplane.http import h1 as h
+from dataplane.http import route as hr
+from dataplane.http.pool import UpstreamPool
+from dataplane.http.proxy import (HTTP, OPAQUE, HttpSession, HttpSettings, NoEndpoint,
                                   ServicePolicy, detect)
-from dataplane.http_route import subset_matches
-from dataplane.retry_budget import RetryBudget
-from dataplane.token_bucket import TokenBucket
+from dataplane.http.route import subset_matches
+from dataplane.policy.retry_budget import RetryBudget
+from dataplane.policy.token_bucket import TokenBucket
 
 TIMEOUT = 30.0
 CLOSE, RESET = "close", "reset"

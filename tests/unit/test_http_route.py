@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from dataplane import config_schema as cs
-from dataplane import http1 as h
-from dataplane import http_route as hr
+from dataplane.store import schema as cs
+from dataplane.http import h1 as h
+from dataplane.http import route as hr
 from dataplane.proto import config_pb2 as pb
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from dataplane.http_sniff import HTTP, MAX_SNIFF, NEED_MORE, OPAQUE, SNIFF_DEADLINE, sniff
+from dataplane.http.sniff import HTTP, MAX_SNIFF, NEED_MORE, OPAQUE, SNIFF_DEADLINE, sniff
 
 
 @pytest.mark.parametrize("request_line", [

@@ -5,12 +5,12 @@ and the policy state (subsets by endpoint labels, ejection by 5xx and timeouts).
 import asyncio
 import random
 
-from dataplane import forwarder as fw
-from dataplane.catalog import Catalog
-from dataplane.circuit_breaker import CircuitBreaker
-from dataplane.http_proxy import NoEndpoint, ServicePolicy
-from dataplane.policy import Policies
-from dataplane.registry import _empty
+from dataplane.node import forwarder as fw
+from dataplane.store.catalog import Catalog
+from dataplane.policy.circuit_breaker import CircuitBreaker
+from dataplane.http.proxy import NoEndpoint, ServicePolicy
+from dataplane.policy.state import Policies
+from dataplane.store.registry import _empty
 
 from .test_http_proxy import RESET, Client, ok, routes, run, setup, status
 
@@ -125,7 +125,7 @@ class Pod:
 
 
 def outlier_policy():
-    from dataplane import config_schema as cs
+    from dataplane.store import schema as cs
     doc = {"apiVersion": cs.API_VERSION, "kind": "TrafficPolicy", "metadata": {"name": "p"},
            "spec": {"service": "web", "outlierDetection": {"consecutiveFailures": 2, "maxEjectionPercent": 50}}}
     return cs.validate(doc, "test", 1)

@@ -1,6 +1,6 @@
-"""dataplane.idle_reaper: relays idle past their service's timeout are
+"""dataplane.relay.idle_reaper: relays idle past their service's timeout are
 found by polling byte counters; fake relays and a fake clock."""
-from dataplane.idle_reaper import IdleReaper, interval
+from dataplane.relay.idle_reaper import IdleReaper, interval
 
 
 class Clock:

@@ -1,8 +1,8 @@
-"""dataplane.idle_timer: an idle deadline fed by reads or by a polled byte
+"""dataplane.relay.idle_timer: an idle deadline fed by reads or by a polled byte
 counter; a fake clock moves it."""
 import pytest
 
-from dataplane.idle_timer import IdleTimer
+from dataplane.relay.idle_timer import IdleTimer
 
 
 class Clock:

@@ -1,8 +1,8 @@
-"""dataplane/kernel_relay.py: the kernel relay is on only from the oldest kernel it is tested
+"""dataplane/kernel/relay_gate.py: the kernel relay is on only from the oldest kernel it is tested
 on, and GLASSWING_KERNEL_RELAY overrides that."""
 import pytest
 
-from dataplane import kernel_relay
+from dataplane.kernel import relay_gate as kernel_relay
 
 
 @pytest.mark.parametrize("release,on", [("6.18.44-fc-v669", True), ("6.19.0", True), ("7.0.1", True),

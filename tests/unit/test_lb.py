@@ -1,15 +1,15 @@
-"""dataplane.lb: RoundRobin (endpoints in turn, one rotation per key, as the
+"""dataplane.policy.lb.base: RoundRobin (endpoints in turn, one rotation per key, as the
 forwarder uses it), the Balancer interface and the factory."""
 import random
 from dataclasses import dataclass
 
 import pytest
 
-from dataplane.catalog import Endpoint
-from dataplane.lb import NAMES, Rotation, RoundRobin, make_balancer, name_of, weight_of, zone_of
-from dataplane.lb_least_request import LeastRequest
-from dataplane.lb_ring_hash import RingHash
-from dataplane.lb_weighted import Weighted
+from dataplane.store.catalog import Endpoint
+from dataplane.policy.lb.base import NAMES, Rotation, RoundRobin, make_balancer, name_of, weight_of, zone_of
+from dataplane.policy.lb.least_request import LeastRequest
+from dataplane.policy.lb.ring_hash import RingHash
+from dataplane.policy.lb.weighted import Weighted
 
 
 def test_cycles_through_the_endpoints_in_order():

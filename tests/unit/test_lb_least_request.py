@@ -1,4 +1,4 @@
-"""dataplane.lb_least_request: power of two choices by active requests per
+"""dataplane.policy.lb.least_request: power of two choices by active requests per
 unit of weight, with pick/release accounting, and a small discrete-event
 simulation showing why it beats round robin when one endpoint is slow."""
 import heapq
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, strategies as st
 
-from dataplane.lb import Rotation
-from dataplane.lb_least_request import LeastRequest
+from dataplane.policy.lb.base import Rotation
+from dataplane.policy.lb.least_request import LeastRequest
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""dataplane.lb_ring_hash: consistent hashing. The same key keeps its
+"""dataplane.policy.lb.ring_hash: consistent hashing. The same key keeps its
 endpoint, in this process and any other; when one of N endpoints leaves only
 its keys move, about 1/N of them; weights set the shares."""
 import hashlib
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from hypothesis import given, settings, strategies as st
 
-from dataplane.lb_ring_hash import RingHash, hash64
+from dataplane.policy.lb.ring_hash import RingHash, hash64
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def test_same_key_same_endpoint_across_instances_and_seeds():
 
 
 def test_another_process_with_another_hash_seed_agrees():
-    code = ("import random; from dataplane.lb_ring_hash import RingHash; "
+    code = ("import random; from dataplane.policy.lb.ring_hash import RingHash; "
             "from tests.unit.test_lb_ring_hash import eps, KEYS; "
             "r = RingHash(rng=random.Random(0)); e = eps(5); "
             "print(','.join(r.pick(e, key=k).ip for k in KEYS[:50]))")

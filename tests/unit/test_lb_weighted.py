@@ -1,10 +1,10 @@
-"""dataplane.lb_weighted: smooth weighted round robin gives each endpoint
+"""dataplane.policy.lb.weighted: smooth weighted round robin gives each endpoint
 exactly its weight's share over every cycle, spread out rather than bunched."""
 from dataclasses import dataclass
 
 from hypothesis import given, strategies as st
 
-from dataplane.lb_weighted import Weighted
+from dataplane.policy.lb.weighted import Weighted
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
-"""dataplane.lb_zone: stay in the local zone while at least ~71% of it is
+"""dataplane.policy.lb.zone: stay in the local zone while at least ~71% of it is
 healthy and not overloaded; otherwise spill over to every zone."""
 import random
 from dataclasses import dataclass
 
 import pytest
 
-from dataplane.lb import Rotation
-from dataplane.lb_least_request import LeastRequest
-from dataplane.lb_zone import MIN_LOCAL_SHARE, ZoneAware
+from dataplane.policy.lb.base import Rotation
+from dataplane.policy.lb.least_request import LeastRequest
+from dataplane.policy.lb.zone import MIN_LOCAL_SHARE, ZoneAware
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""dataplane.names: user input is accepted or refused with one line naming the bad value."""
+"""dataplane.store.names: user input is accepted or refused with one line naming the bad value."""
 import ipaddress
 
 import pytest
 
-from dataplane import names
+from dataplane.store import names
 from dataplane.errors import GlasswingError
 
 

@@ -1,10 +1,10 @@
-"""dataplane.outlier: consecutive connect failures eject an endpoint for a
+"""dataplane.policy.outlier: consecutive connect failures eject an endpoint for a
 growing time, never more than the configured share of endpoints at once;
 time is a fake clock."""
 import pytest
 from hypothesis import given, strategies as st
 
-from dataplane.outlier import OutlierDetector
+from dataplane.policy.outlier import OutlierDetector
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""dataplane.policy: per-service policy state built from TrafficPolicy
+"""dataplane.policy.state: per-service policy state built from TrafficPolicy
 messages (validated by config_schema, so with its defaults), kept across
 store changes, and the Attempt a connection walks through. Fake clock,
 seeded rng; endpoints come from a real Catalog."""
@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from dataplane import config_schema as cs
-from dataplane.catalog import Catalog, Endpoint
-from dataplane.lb import Rotation
-from dataplane.lb_ring_hash import RingHash
-from dataplane.policy import (DEFAULT_RETRIES, Policies, Settings, default_connect_timeout, settings_from,
+from dataplane.store import schema as cs
+from dataplane.store.catalog import Catalog, Endpoint
+from dataplane.policy.lb.base import Rotation
+from dataplane.policy.lb.ring_hash import RingHash
+from dataplane.policy.state import (DEFAULT_RETRIES, Policies, Settings, default_connect_timeout, settings_from,
                               specs_by_service)
 from dataplane.proto import config_pb2 as pb
 from dataplane.settings import CONNECT_TIMEOUT

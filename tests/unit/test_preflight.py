@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from dataplane import bpf_programs
+from dataplane.kernel import programs as bpf_programs
 from dataplane.errors import GlasswingError
 
 

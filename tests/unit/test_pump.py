@@ -1,4 +1,4 @@
-"""Tests of the splice byte pump, run over every twin (dataplane._pump_c and dataplane.pump_py).
+"""Tests of the splice byte pump, run over every twin (dataplane.relay._pump_c and dataplane.relay.pump_py).
 
 Topology: A <-> B and C <-> D are TCP loopback connections; the pump relays B -> C, driven by
 a small selectors loop (the forwarder does the same with loop.add_reader/add_writer). The test
@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from dataplane import pump as chooser
+from dataplane.relay import pump as chooser
 
 REQUIRE_ALL = os.environ.get("GLASSWING_REQUIRE_ALL") == "1"
 TIMEOUT = 30.0  # generous deadline for anything that should finish; never a pass/fail timing
@@ -534,7 +534,7 @@ def _impl_with(env_value):
     if env_value is not None:
         env["GLASSWING_PUMP"] = env_value
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", "from dataplane import pump; print(pump.IMPL)"],
+    out = subprocess.run([sys.executable, "-c", "from dataplane.relay import pump; print(pump.IMPL)"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     return out.returncode, out.stdout.strip()
 
@@ -542,7 +542,7 @@ def _impl_with(env_value):
 def test_chooser_env():
     has_c = "cython" in chooser.twins()
     if REQUIRE_ALL:
-        assert has_c, "dataplane._pump_c is not built"
+        assert has_c, "dataplane.relay._pump_c is not built"
     assert _impl_with("python") == (0, "python")
     assert _impl_with(None) == (0, "cython" if has_c else "python")
     rc, impl = _impl_with("cython")

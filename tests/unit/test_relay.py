@@ -1,4 +1,4 @@
-"""dataplane.relay.Relay over every mover: bytes arrive exactly, half-close works both ways,
+"""dataplane.relay.relay.Relay over every mover: bytes arrive exactly, half-close works both ways,
 back-pressure holds, and idle connections hold no pipe.
 
 Topology: A <-> B and C <-> D are TCP loopback connections; the relay joins B and C inside an
@@ -18,9 +18,12 @@ import time
 
 import pytest
 
-from dataplane import movers, pipes, pump as chooser, pump_py
-from dataplane.poller import Poller
-from dataplane.relay import Relay
+from dataplane.relay import movers
+from dataplane.relay import pipes
+from dataplane.relay import pump as chooser
+from dataplane.relay import pump_py
+from dataplane.relay.poller import Poller
+from dataplane.relay.relay import Relay
 
 from .test_pump import _twin, tcp_pair
 

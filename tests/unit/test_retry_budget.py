@@ -1,11 +1,11 @@
-"""dataplane.retry_budget: retries stay within min_per_second * ttl plus a
+"""dataplane.policy.retry_budget: retries stay within min_per_second * ttl plus a
 ratio of the requests seen over a sliding window; a fake clock moves it."""
 import math
 
 import pytest
 from hypothesis import given, strategies as st
 
-from dataplane.retry_budget import RetryBudget
+from dataplane.policy.retry_budget import RetryBudget
 
 
 class Clock:

@@ -1,12 +1,12 @@
-"""dataplane.services on an in-memory store document (no kernel, no root)."""
+"""dataplane.store.services on an in-memory store document (no kernel, no root)."""
 import copy
 
 import pytest
 
-from dataplane import services as svcs
+from dataplane.store import services as svcs
 from dataplane.errors import GlasswingError
-from dataplane.catalog import Catalog
-from dataplane.registry import _empty
+from dataplane.store.catalog import Catalog
+from dataplane.store.registry import _empty
 
 
 def _pod(ip, labels=None, node="n1"):

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from dataplane import sockets, tunnel_codec as tc
-from dataplane.sockets import connect
-from dataplane.streams import read_preamble
-from dataplane.trace_context import new_trace_id
+from dataplane.host import sockets
+from dataplane.tunnel import codec as tc
+from dataplane.host.sockets import connect
+from dataplane.tunnel.streams import read_preamble
+from dataplane.http.trace_context import new_trace_id
 
 ACCEPT = tc.encode_accept(tc.Accept(version=tc.VERSION, trace_id="ab" * 16))
 

@@ -1,9 +1,9 @@
-"""dataplane.token_bucket: the local rate limit on new connections; a fake
+"""dataplane.policy.token_bucket: the local rate limit on new connections; a fake
 clock makes every refill exact."""
 import pytest
 from hypothesis import given, strategies as st
 
-from dataplane.token_bucket import TokenBucket
+from dataplane.policy.token_bucket import TokenBucket
 
 
 class Clock:

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from dataplane import trace_context as tc
+from dataplane.http import trace_context as tc
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

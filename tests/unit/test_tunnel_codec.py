@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from dataplane import tunnel_codec as tc
+from dataplane.tunnel import codec as tc
 from dataplane.proto import tunnel_pb2 as pb
 
 OPEN = tc.Open(

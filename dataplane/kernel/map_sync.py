@@ -1,0 +1,101 @@
+"""Keeps a node's pinned maps equal to the store, changing only what differs.
+
+Desired contents are computed from the store document as {key bytes: value
+bytes}; applying diffs them against what the maps hold, so a change to one
+service touches only its entries and established connections never notice.
+"""
+import ctypes as C
+import os
+import socket
+import struct
+
+from dataplane.kernel.maps import PinnedMap
+from dataplane.kernel.structs import (BackendKey, BackendValue, GW_FAIL_CLOSED, GW_FAIL_OPEN, GW_SVC_SOCKET_LB, GwConfig,
+                          PodSettings, SvcKey, SvcValue)
+from dataplane.settings import DNS_PORT, FORWARDER_MARK, OUTBOUND_IP, OUTBOUND_PORT
+
+IPPROTO_TCP = 6
+
+
+def _n32(ip: str) -> int:
+    return struct.unpack("=I", socket.inet_aton(ip))[0]
+
+
+def _n16(port: int) -> int:
+    return socket.htons(port)
+
+
+class ServiceIds:
+    """Small stable ids for service ports, local to this forwarder's maps."""
+
+    def __init__(self):
+        self.ids = {}
+
+    def get(self, key) -> int:
+        if key not in self.ids:
+            self.ids[key] = len(self.ids) + 1
+        return self.ids[key]
+
+
+def desired(catalog, doc: dict, node: str, cgroup_ids: dict, ids: ServiceIds) -> dict:
+    """{map name: {key bytes: value bytes}} for services, backends and pods.
+    Backends (for fail-open translation) are the registered healthy endpoints."""
+    services, backends, pods = {}, {}, {}
+    for (vip, port), sp in catalog.by_vip.items():
+        sid = ids.get((sp.service, port))
+        key = SvcKey(vip=_n32(vip), port=_n16(port), proto=IPPROTO_TCP)
+        services[bytes(key)] = bytes(SvcValue(svc_id=sid, count=len(sp.endpoints),
+                                              flags=GW_SVC_SOCKET_LB if sp.socket_lb else 0))
+        for slot, ep in enumerate(sp.endpoints):
+            backends[bytes(BackendKey(svc_id=sid, slot=slot))] = \
+                bytes(BackendValue(ip=_n32(ep.ip), port=_n16(ep.port)))
+    for pname, pod in doc["pods"].items():
+        cid = cgroup_ids.get(pname)
+        if pod["node"] == node and cid is not None:
+            mode = GW_FAIL_CLOSED if pod.get("fail_mode") == "closed" else GW_FAIL_OPEN
+            pods[bytes(C.c_uint64(cid))] = bytes(PodSettings(fail_mode=mode))
+    # Backends before services: a service never counts endpoints not yet written.
+    return {"backends": backends, "services": services, "pods": pods}
+
+
+class MapState:
+    TYPES = {"services": (SvcKey, SvcValue), "backends": (BackendKey, BackendValue),
+             "pods": (C.c_uint64, PodSettings), "config": (C.c_uint32, GwConfig)}
+
+    def __init__(self, pin_dir: str):
+        self.maps = {n: PinnedMap(os.path.join(pin_dir, n), *t) for n, t in self.TYPES.items()}
+        self.updates = 0
+        self.have = {}  # map name -> {key bytes: value bytes} as written
+
+    def set_config(self, fwd_cgroup_id: int) -> None:
+        cfg = GwConfig(fwd_cgroup_id=fwd_cgroup_id, mark=FORWARDER_MARK,
+                       outbound_port=_n16(OUTBOUND_PORT), dns_port=_n16(DNS_PORT),
+                       outbound_ip=_n32(OUTBOUND_IP))
+        self.maps["config"].update(C.c_uint32(0), cfg)
+
+    def apply(self, want: dict) -> int:
+        """Make the maps hold exactly `want`; returns the number of changed entries.
+        What the maps hold is read once, then tracked here, so a change costs
+        syscalls only for the entries it touches."""
+        changed = 0
+        for name, entries in want.items():
+            m = self.maps[name]
+            kt, vt = m.key_type, m.value_type
+            if name not in self.have:
+                self.have[name] = {bytes(k): bytes(m.get(k) or b"") for k in m.keys()}
+            have = self.have[name]
+            for kb, vb in entries.items():
+                if have.get(kb) != vb:
+                    m.update(kt.from_buffer_copy(kb), vt.from_buffer_copy(vb))
+                    have[kb] = vb
+                    changed += 1
+            for kb in [k for k in have if k not in entries]:
+                m.delete(kt.from_buffer_copy(kb))
+                del have[kb]
+                changed += 1
+        self.updates += changed
+        return changed
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()

@@ -1,0 +1,88 @@
+"""The forwarder's view of the store, indexed for what each connection and
+each DNS query asks: service by VIP:port, endpoints of a service port,
+VIP by name. Rebuilt on every store change (off the per-connection path),
+read-only in between."""
+from dataclasses import dataclass, field
+
+SOCKET_LB_LABEL = "glasswing.dev/lb"  # "socket": load balance in connect4
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint of a service port. Equal (and hashed) by where it is and
+    how it is weighted; labels ride along without taking part, so policy state
+    kept per endpoint (least-request counts, weighted scores) survives a
+    label change. Outlier state is keyed by addr, which survives weight and
+    zone changes too."""
+    pod: str
+    node: str
+    ip: str
+    port: int
+    weight: int = 1       # EndpointSpec.weight, 1-1000
+    zone: str = ""        # "" when unknown
+    labels: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def addr(self) -> tuple:
+        return self.ip, self.port
+
+
+@dataclass
+class ServicePort:
+    service: str          # the service's key in the store
+    port: int
+    target: int
+    endpoints: list = field(default_factory=list)
+    socket_lb: bool = False  # connect4 picks endpoints; no forwarder on the path
+    protocol: str = ""    # "": sniff each connection; "tcp": opaque L4; "http": HTTP/1.1
+
+
+class Catalog:
+    def __init__(self, doc: dict):
+        self.revision = doc.get("revision", 0)
+        self.by_vip = {}      # (vip, port) -> ServicePort
+        self.by_name = {}     # (service key, port) -> ServicePort
+        self.vips = {}        # (namespace, name) -> vip
+        self._dns_names = None
+        for key, svc in doc["services"].items():
+            ns, name = svc.get("namespace", "default"), svc.get("name", key)
+            self.vips[(ns, name)] = svc["vip"]
+            for m in svc["ports"]:
+                sp = ServicePort(key, m["port"], m["target"], protocol=m.get("protocol") or "",
+                                 socket_lb=svc.get("labels", {}).get(SOCKET_LB_LABEL) == "socket")
+                self.by_vip[(svc["vip"], m["port"])] = sp
+                self.by_name[(key, m["port"])] = sp
+                # endpoints given by address are outside any pod: reached directly
+                for ep in svc["endpoints"]:
+                    if ep.get("address"):
+                        sp.endpoints.append(Endpoint(None, None, ep["address"], ep["port"] or m["target"],
+                                                     ep.get("weight") or 1, ep.get("zone") or "",
+                                                     dict(ep.get("labels") or {})))
+        # Endpoint objects a user applied, for every port of their service
+        for ekey, msg in doc.get("config", {}).get("endpoint", {}).items():
+            s = msg.spec
+            if s.health == "unhealthy":
+                continue
+            skey = f"{ekey.split('/', 1)[0]}/{s.service}"
+            for (k, _port), sp in self.by_name.items():
+                if k == skey:
+                    sp.endpoints.append(Endpoint(None, None, s.address, s.port, s.weight or 1, s.zone,
+                                                 dict(s.labels)))
+        # endpoints as their nodes' forwarders registered them (leased), in key order
+        for ekey in sorted(doc["endpoints"]):
+            e = doc["endpoints"][ekey]
+            sp = self.by_name.get((e["service"], e["service_port"]))
+            if sp is not None and e.get("health") != "unhealthy":
+                sp.endpoints.append(Endpoint(e["pod"], e["node"], e["ip"], e["port"], e.get("weight") or 1,
+                                             e.get("zone") or "", dict(e.get("labels") or {})))
+
+    @property
+    def dns_names(self):
+        """Service names normalized for the resolver, built on first use per catalog."""
+        if self._dns_names is None:
+            from dataplane.dns.names import Names
+            self._dns_names = Names(self.vips)
+        return self._dns_names
+
+    def service_port(self, vip: str, port: int):
+        return self.by_vip.get((vip, port))

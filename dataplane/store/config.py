@@ -1,0 +1,122 @@
+"""`glasswing apply`, `get` and `delete`: validated documents into the
+registry and back out. One apply is one transaction: all its documents are
+stored, or none (a conflict with a concurrent writer retries the whole
+apply, which has no side effect outside the store)."""
+import ipaddress
+
+from dataplane.store import schema as cs
+from dataplane.store import registry as reg
+from dataplane.store import services as svcs
+from dataplane.errors import GlasswingError
+from dataplane.settings import SERVICE_RANGE
+
+# user spelling -> (kind, doc section)
+KIND_ALIASES = {}
+for _kind in cs.KINDS:
+    for _alias in (_kind.lower(), _kind.lower() + "s"):
+        KIND_ALIASES[_alias] = _kind
+KIND_ALIASES.update({"svc": "Service", "policy": "TrafficPolicy", "policies": "TrafficPolicy",
+                     "trafficpolicies": "TrafficPolicy", "ep": "Endpoint"})
+SECTION = {"Route": "route", "TrafficPolicy": "trafficpolicy", "MeshSettings": "meshsettings",
+           "Endpoint": "endpoint"}
+
+
+def kind_of(word: str) -> str:
+    kind = KIND_ALIASES.get(word.lower())
+    if kind is None:
+        raise GlasswingError(f"unknown kind {word!r} (expected one of {', '.join(sorted(cs.KINDS))})")
+    return kind
+
+
+def _doc_key(d: cs.Document) -> str:
+    if d.kind == "MeshSettings":
+        return f"-/{d.name}"
+    return f"{d.namespace or 'default'}/{d.name}"
+
+
+def _free_vip(doc, taken) -> str:
+    for host in SERVICE_RANGE.hosts():
+        if host >= SERVICE_RANGE.network_address + 10 and str(host) not in taken:
+            return str(host)
+    raise GlasswingError(f"no free service address left in {SERVICE_RANGE}")
+
+
+def apply(registry, documents: list) -> list:
+    """Store every document; returns [(kind, key, "created"|"configured"|"unchanged")]."""
+    def change(doc):
+        out = []
+        taken = {s["vip"] for s in doc["services"].values()}
+        for d in documents:
+            key = _doc_key(d)
+            if d.kind == "Service":
+                new = reg.service_to_dict(d.message)
+                old = doc["services"].get(key)
+                if not new["vip"]:
+                    new["vip"] = old["vip"] if old else _free_vip(doc, taken)
+                elif new["vip"] in taken and (not old or old["vip"] != new["vip"]):
+                    raise GlasswingError(f"{d.file}: document {d.index}: spec.vip: {new['vip']} is already "
+                                         "used by another service")
+                taken.add(new["vip"])
+                for ep in new["endpoints"]:
+                    if ep.get("address"):
+                        ipaddress.IPv4Address(ep["address"])
+                action = "unchanged" if old == new else ("configured" if old else "created")
+                doc["services"][key] = new
+            else:
+                section = doc["config"][SECTION[d.kind]]
+                old = section.get(key)
+                action = "unchanged" if old == d.message else ("configured" if old else "created")
+                section[key] = d.message
+            out.append((d.kind, key, action))
+        return out
+    return registry.update(change)
+
+
+def get(doc: dict, kind: str, name: str = None) -> list:
+    """Documents (dicts as cs.to_dict makes them) of a kind, or one of them."""
+    if kind == "Service":
+        items = {k: reg.service_from_dict(v) for k, v in doc["services"].items()}
+    elif kind == "Endpoint":
+        items = dict(doc["config"]["endpoint"])
+        items.update(_published(doc))
+    else:
+        items = doc["config"][SECTION[kind]]
+    if name is not None:
+        key = _lookup_key(kind, name)
+        if key not in items:
+            raise GlasswingError(f"no {kind} {name!r}")
+        return [cs.to_dict(items[key], kind)]
+    return [cs.to_dict(items[k], kind) for k in sorted(items)]
+
+
+def _published(doc) -> dict:
+    from dataplane.proto import config_pb2
+    out = {}
+    for key, e in doc["endpoints"].items():
+        ns, svc = e["service"].split("/", 1)
+        msg = config_pb2.Endpoint()
+        msg.metadata.name = f"{e['pod']}-{e['port']}"[:40].rstrip("-")
+        msg.metadata.namespace = ns
+        s = msg.spec
+        s.service, s.address, s.port = svc, e["ip"], e["port"]
+        s.health, s.node, s.pod, s.weight, s.zone = e["health"], e["node"], e["pod"], e.get("weight", 1), e.get("zone", "")
+        out[f"{ns}/{svc}:{e['service_port']}/{e['pod']}:{e['port']}"] = msg
+    return out
+
+
+def _lookup_key(kind, name) -> str:
+    if kind == "MeshSettings":
+        return f"-/{name}"
+    return svcs.key_of(name) if "/" in name or kind != "Endpoint" else f"default/{name}"
+
+
+def delete(registry, kind: str, name: str) -> str:
+    key = _lookup_key(kind, name)
+
+    def change(doc):
+        section = doc["services"] if kind == "Service" else doc["config"][SECTION[kind]]
+        if key not in section:
+            raise GlasswingError(f"no {kind} {name!r}")
+        del section[key]
+    registry.update(change)
+    return key

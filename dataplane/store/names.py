@@ -1,0 +1,61 @@
+"""Validation of names, addresses and ports given by users; each failure is one line."""
+import ipaddress
+import re
+
+from dataplane.errors import GlasswingError
+from dataplane.settings import SERVICE_RANGE
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+_LABEL = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,61}[A-Za-z0-9])?$")
+
+
+def name(kind: str, value: str) -> str:
+    if not _NAME.fullmatch(value or ""):
+        raise GlasswingError(
+            f"invalid {kind} name {value!r}: use 1-40 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit")
+    return value
+
+
+def port(value, what: str = "port") -> int:
+    try:
+        p = int(value)
+    except (TypeError, ValueError):
+        raise GlasswingError(f"invalid {what} {value!r}: not a number") from None
+    if not 1 <= p <= 65535:
+        raise GlasswingError(f"invalid {what} {p}: out of range 1-65535")
+    return p
+
+
+def address(value: str, network: ipaddress.IPv4Network, what: str) -> str:
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise GlasswingError(f"invalid {what} {value!r}: not an IPv4 address") from None
+    if ip not in network:
+        raise GlasswingError(f"{what} {ip} is outside {network}")
+    if ip in (network.network_address, network.broadcast_address):
+        raise GlasswingError(f"{what} {ip} is the network or broadcast address of {network}")
+    return str(ip)
+
+
+def vip(value: str) -> str:
+    return address(value, SERVICE_RANGE, "service address")
+
+
+def labels(pairs) -> dict:
+    out = {}
+    for pair in pairs or ():
+        key, sep, val = pair.partition("=")
+        if not sep or not _LABEL.fullmatch(key) or (val and not _LABEL.fullmatch(val)):
+            raise GlasswingError(f"invalid label {pair!r}: use key=value")
+        out[key] = val
+    return out
+
+
+def port_map(spec: str):
+    """'80:8080' or '80' (same target port) -> (80, 8080)."""
+    svc, sep, target = str(spec).partition(":")
+    p = port(svc, "service port")
+    t = port(target, "target port") if sep else p
+    return p, t
