@@ -17,7 +17,6 @@ from dataplane.settings import SOURCE_ROOT
 BPF_DIR = os.path.join(SOURCE_ROOT, "bpf")
 BPF_F_ALLOW_MULTI = 2  # coexist with programs others attach to the same cgroup
 SK_SKB_STREAM_VERDICT = 5  # enum bpf_attach_type
-KR_RING_BYTES = 16 * 4096  # gw_kr_events in bpf/kernel_relay.c
 
 
 @dataclass(frozen=True)

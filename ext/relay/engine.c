@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include "engine.h"
+#include "kernel_relay.h"  /* bpf/: struct gw_kr_state, gw_kr_event */
 #include "splice_loop.h"
 
 #include <errno.h>
@@ -71,15 +72,6 @@ struct dir {                  /* one direction: src = fd[i], dst = fd[1 - i] for
     uint64_t w0;              /* what dst had written when the kernel took over */
     uint64_t got;             /* read from src since then: against the verdict's `passed` */
     uint8_t fin;              /* src's FIN came (EPOLLRDHUP) */
-};
-
-struct kr_state {             /* struct gw_kr_state in bpf/kernel_relay.c */
-    uint64_t peer, redirected, passed;
-    uint32_t slot, gen, side, user;
-};
-
-struct kr_event {
-    uint32_t slot, gen, side, pad;
 };
 
 struct drain_item {
@@ -376,7 +368,7 @@ static void end(struct gw_engine *e, struct conn *c, uint32_t id, int error)
     }
     if (c->in_map) {  /* the sockets left the SOCKHASH when closed: no verdict runs now */
         for (int i = 0; i < 2; i++) {
-            struct kr_state st;
+            struct gw_kr_state st;
             if (bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &c->dir[i].cookie, &st, 0) == 0)
                 out.bytes[i] += st.redirected;
             bpf_map(BPF_MAP_DELETE_ELEM, e->kr_state, &c->dir[i].cookie, NULL, 0);
@@ -466,7 +458,7 @@ static int kernel_start(struct gw_engine *e, struct conn *c, uint32_t id)
         d->got = 0;  /* the verdict counts from here */
         if (in < 2)
             continue;
-        struct kr_state st = {.peer = c->dir[1 - i].cookie, .slot = id, .gen = c->gen,
+        struct gw_kr_state st = {.peer = c->dir[1 - i].cookie, .slot = id, .gen = c->gen,
                               .side = (uint32_t)i};
         /* EEXIST: a verdict ran first (a FIN came while held) and kept this direction in
          * user space from its first byte */
@@ -512,7 +504,7 @@ static void hand_back(struct gw_engine *e, struct conn *c, uint32_t id, int side
  * running in softirq over bytes before a FIN has finished when this returns: with the FIN
  * in, the entry's counters are final. 0, or -1 with *err. */
 static int settled(struct gw_engine *e, struct conn *c, int side, int need_entry,
-                   struct tcp_info *ti, struct kr_state *st, int *err)
+                   struct tcp_info *ti, struct gw_kr_state *st, int *err)
 {
     socklen_t len = sizeof *ti;
     memset(st, 0, sizeof *st);
@@ -529,7 +521,7 @@ static int settled(struct gw_engine *e, struct conn *c, int side, int need_entry
 static int drained(struct gw_engine *e, struct conn *c, int side, int *err)
 {
     struct tcp_info ti;
-    struct kr_state st;
+    struct gw_kr_state st;
     uint64_t w;
     if (settled(e, c, side, 1, &ti, &st, err) < 0)
         return -1;
@@ -582,8 +574,8 @@ static void read_ring(struct gw_engine *e)
         if (len & BPF_RINGBUF_BUSY_BIT)
             break;
         uint32_t n = len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
-        if (!(len & BPF_RINGBUF_DISCARD_BIT) && n >= sizeof(struct kr_event)) {
-            struct kr_event ev;
+        if (!(len & BPF_RINGBUF_DISCARD_BIT) && n >= sizeof(struct gw_kr_event)) {
+            struct gw_kr_event ev;
             memcpy(&ev, (char *)hdr + BPF_RINGBUF_HDR_SZ, sizeof ev);
             if (ev.slot < e->next_unused && ev.side < 2) {
                 struct conn *c = slot(e, ev.slot);
@@ -624,7 +616,7 @@ static int psock_eof(struct gw_engine *e, struct conn *c, int i, int recv_eof, i
 {
     struct dir *d = &c->dir[i];
     struct tcp_info ti;
-    struct kr_state st;
+    struct gw_kr_state st;
     if (!d->fin && !recv_eof)
         return 0;
     if (settled(e, c, i, 0, &ti, &st, err) < 0)
@@ -1027,7 +1019,7 @@ int gw_engine_bytes(struct gw_engine *e, uint32_t id, uint64_t out[2])
     }
     pthread_mutex_unlock(&e->mu);
     for (int i = 0; i < 2; i++) {  /* what the kernel carried (a lookup of a gone entry fails) */
-        struct kr_state st;
+        struct gw_kr_state st;
         if (cookie[i] && bpf_map(BPF_MAP_LOOKUP_ELEM, e->kr_state, &cookie[i], &st, 0) == 0)
             out[i] += st.redirected;
     }
