@@ -1,8 +1,8 @@
 /* Kernel relay: the bytes of an opaque connection go from one of the forwarder's sockets to
  * the other inside the kernel, with no wake-up of the forwarder per message.
  *
- * The relay engine (ext/relay/engine.c, mode "kernel") puts both sockets of a connection in
- * gw_kr_socks and an entry per socket in gw_kr_state; this stream verdict program then runs
+ * The relay engine (ext/relay/kernel_mode.c, mode "kernel") puts both sockets of a connection
+ * in gw_kr_socks and an entry per socket in gw_kr_state; this stream verdict program then runs
  * for every skb a socket receives and redirects it to the egress of the other socket
  * (sk_psock_skb_redirect: the peer's psock backlog, sent by a kworker). That is the fastest
  * round trip for small messages, and slow for bulk (every skb goes through the backlog).

@@ -1,4 +1,4 @@
-/* Kernel relay: what bpf/kernel_relay.c (the verdict program) and ext/relay/engine.c
+/* Kernel relay: what bpf/kernel_relay.c (the verdict program) and ext/relay/kernel_mode.c
  * (the relay engine's mode "kernel") share, defined once and included by both.
  *
  * The structs are the value of gw_kr_state and the record on gw_kr_events. Each is mirrored
