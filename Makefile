@@ -31,7 +31,7 @@ build/loadgen: ext/loadgen/loadgen.c
 	mkdir -p build
 	gcc -O2 -Wall -Wextra -o $@ $<
 
-.build-ext: $(PYX) $(wildcard ext/*.pxd ext/relay/*) setup.py
+.build-ext: $(PYX) $(wildcard ext/*.pxd ext/relay/*) bpf/kernel_relay.h setup.py
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 

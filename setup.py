@@ -8,8 +8,9 @@ setup(
     package_dir={"glasswing": "cli", "": "."},
     ext_modules=cythonize(
         [Extension("dataplane.relay._pump_c", ["ext/pump.pyx"], include_dirs=["ext"]),
-         Extension("dataplane.relay._engine_c", ["ext/engine.pyx", "ext/relay/engine.c"],
-                   include_dirs=["ext"], extra_compile_args=["-O2", "-Wall"])],
+         Extension("dataplane.relay._engine_c",
+                   ["ext/engine.pyx", "ext/relay/engine.c", "ext/relay/kernel_mode.c"],
+                   include_dirs=["ext", "bpf"], extra_compile_args=["-O2", "-Wall"])],
         compiler_directives={"language_level": 3},
     ),
     entry_points={"console_scripts": ["glasswing = glasswing.main:main"]},

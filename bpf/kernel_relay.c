@@ -1,8 +1,8 @@
 /* Kernel relay: the bytes of an opaque connection go from one of the forwarder's sockets to
  * the other inside the kernel, with no wake-up of the forwarder per message.
  *
- * The relay engine (ext/relay/engine.c, mode "kernel") puts both sockets of a connection in
- * gw_kr_socks and an entry per socket in gw_kr_state; this stream verdict program then runs
+ * The relay engine (ext/relay/kernel_mode.c, mode "kernel") puts both sockets of a connection
+ * in gw_kr_socks and an entry per socket in gw_kr_state; this stream verdict program then runs
  * for every skb a socket receives and redirects it to the egress of the other socket
  * (sk_psock_skb_redirect: the peer's psock backlog, sent by a kworker). That is the fastest
  * round trip for small messages, and slow for bulk (every skb goes through the backlog).
@@ -31,30 +31,12 @@
  */
 #include <uapi/linux/bpf.h>
 
-#define GW_KR_BULK 16384
-#define GW_KR_MAX 65536
-
-struct gw_kr_state {
-	__u64 peer;       /* socket cookie of the other socket */
-	__u64 redirected; /* bytes this socket received and the program sent to the other */
-	__u64 passed;     /* bytes this socket received and the program left to user space */
-	__u32 slot;       /* the engine's connection id */
-	__u32 gen;        /* and its generation: a stale event never reaches a reused slot */
-	__u32 side;       /* the direction this socket is the source of (0: a -> b) */
-	__u32 user;       /* 1 once the direction carries bulk in user space */
-};
-
-struct gw_kr_event {
-	__u32 slot;
-	__u32 gen;
-	__u32 side;
-	__u32 pad;
-};
+#include "kernel_relay.h"
 
 /* Keyed by socket cookie (SO_COOKIE): both sockets of every connection in kernel mode. */
 BPF_SOCKHASH(gw_kr_socks, __u64, GW_KR_MAX);
 BPF_HASH(gw_kr_state, __u64, struct gw_kr_state, GW_KR_MAX);
-BPF_RINGBUF_OUTPUT(gw_kr_events, 16);
+BPF_RINGBUF_OUTPUT(gw_kr_events, GW_KR_RING_PAGES);
 
 int gw_kr_verdict(struct __sk_buff *skb)
 {

@@ -1,18 +1,17 @@
 """glasswing: a transparent service mesh dataplane. See `glasswing --help`."""
 import argparse
 import logging
-import os
 import sys
 
 from dataplane.errors import GlasswingError
-from dataplane.settings import LOCAL_NODE
+from dataplane.settings import LOCAL_NODE, node_name
 
 from .output import emit, table
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glasswing", description=__doc__)
-    p.add_argument("--node", default=os.environ.get("GLASSWING_NODE", LOCAL_NODE),
+    p.add_argument("--node", default=node_name(),
                    help="node to act on (default: local, this host; or a simulated node)")
     p.add_argument("--store", help="file:///DIR (embedded, default /var/lib/glasswing) or etcd://HOST:PORT; "
                                    "also GLASSWING_STORE")

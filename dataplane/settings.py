@@ -1,11 +1,20 @@
 """Constants and paths, in one place: ports, marks, address ranges, where state lives.
 
-Environment variables (read here only):
+Environment variables (read here only, each by the function named, when it is called;
+tests/unit/test_env_reads.py fails when another module reads the environment):
 - GLASSWING_STORE: the store, file:///DIR (embedded) or etcd://HOST:PORT
-  (default: the embedded store in GLASSWING_STATE_DIR).
-- GLASSWING_STATE_DIR: directory of the embedded store (default /var/lib/glasswing).
-- GLASSWING_RUN_DIR: pidfiles, admin sockets and logs (default /run/glasswing).
-- GLASSWING_NODE: node a command acts on (default "local", the host itself).
+  (default: the embedded store in GLASSWING_STATE_DIR). store_url()
+- GLASSWING_STATE_DIR: directory of the embedded store (default /var/lib/glasswing). state_dir()
+- GLASSWING_RUN_DIR: pidfiles, admin sockets and logs (default /run/glasswing). run_dir()
+- GLASSWING_NODE: node a command acts on (default "local", the host itself). node_name()
+- GLASSWING_RELAY: the relay of forwarders started without --relay (default: the built-in
+  one, dataplane/relay/modes.py). relay_mode()
+- GLASSWING_PUMP: auto, cython or python, which twin of the byte pumps and the relay engine
+  runs (dataplane/relay/pump.py reads it once, at import). pump_choice()
+- GLASSWING_KERNEL_RELAY: on or off overrides the kernel check of the kernel relay
+  (dataplane/kernel/relay_gate.py). kernel_relay_override()
+
+Handing the whole environment to a child process (dict(os.environ, ...)) is not a read.
 """
 import ipaddress
 import os
@@ -50,3 +59,27 @@ def run_dir() -> str:
 
 def node_name() -> str:
     return os.environ.get("GLASSWING_NODE", LOCAL_NODE)
+
+
+def relay_mode() -> str:
+    """GLASSWING_RELAY, stripped; "" when unset or empty (dataplane.relay.modes.default() then
+    picks the built-in relay). Not checked here: modes.check() does."""
+    return os.environ.get("GLASSWING_RELAY", "").strip()
+
+
+PUMP_CHOICES = ("auto", "cython", "python")
+
+
+def pump_choice() -> str:
+    """GLASSWING_PUMP, lower-cased: "auto" (also when unset or empty), "cython" or "python".
+    ValueError for anything else."""
+    choice = os.environ.get("GLASSWING_PUMP", "").strip().lower() or "auto"
+    if choice not in PUMP_CHOICES:
+        raise ValueError(f"GLASSWING_PUMP must be auto, cython or python, not {choice!r}")
+    return choice
+
+
+def kernel_relay_override() -> str:
+    """"on" or "off" from GLASSWING_KERNEL_RELAY, else "" (any other value is ignored)."""
+    force = os.environ.get("GLASSWING_KERNEL_RELAY", "").strip().lower()
+    return force if force in ("on", "off") else ""

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from dataplane.errors import GlasswingError
+from dataplane.kernel.hooks import BPF_DIR, HOOKS
 
 MAX_FDS = 16
 RELAY = "kernel_relay"
@@ -23,7 +24,7 @@ RELAY_OBJECTS = ("gw_kr_verdict", "gw_kr_socks", "gw_kr_state", "gw_kr_events")
 
 
 def load(pin_dir: str) -> tuple[dict, dict]:
-    """({hook file: (prog fd, attach type number)} for every hook in bpf_programs.HOOKS,
+    """({hook file: (prog fd, attach type number)} for every hook in hooks.HOOKS,
     {name: fd} for the kernel relay's program and maps, RELAY_OBJECTS)."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with parent:
@@ -57,8 +58,16 @@ def one_unit(bpf_dir: str, files: list) -> str:
     return "".join(parts)
 
 
+def import_bcc():
+    try:
+        import bcc
+    except ImportError:
+        raise GlasswingError("bcc Python module not found: install python3-bpfcc "
+                             "(make install links it into the venv)") from None
+    return bcc
+
+
 def _child(pin_dir: str, sock_fd: int) -> int:
-    from dataplane.kernel.programs import BPF_DIR, HOOKS, import_bcc
     bcc = import_bcc()
     os.makedirs(pin_dir, exist_ok=True)
     cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{BPF_DIR}"]

@@ -1,6 +1,6 @@
-"""The hook programs in bpf/ and their cgroup attachments.
+"""The hook programs in bpf/ (kernel/hooks.py lists them) and their cgroup attachments.
 
-bcc compiles and loads them in a child process (bpf_loader); `Programs`
+bcc compiles and loads them in a child process (kernel/loader.py); `Programs`
 holds their fds, owns every attachment it makes and undoes them in reverse
 order in an idempotent close(). Programs share maps through pins under the
 node's pin directory.
@@ -8,50 +8,14 @@ node's pin directory.
 import json
 import os
 import subprocess
-from dataclasses import dataclass
 
+from dataplane.kernel import loader as bpf_loader
 from dataplane.kernel import syscalls as bpf_sys
+from dataplane.kernel.hooks import HOOKS, OUR_NAMES
 from dataplane.errors import GlasswingError
-from dataplane.settings import SOURCE_ROOT
 
-BPF_DIR = os.path.join(SOURCE_ROOT, "bpf")
 BPF_F_ALLOW_MULTI = 2  # coexist with programs others attach to the same cgroup
 SK_SKB_STREAM_VERDICT = 5  # enum bpf_attach_type
-KR_RING_BYTES = 16 * 4096  # gw_kr_events in bpf/kernel_relay.c
-
-
-@dataclass(frozen=True)
-class Hook:
-    file: str          # bpf/<file>.c
-    function: str      # program name (also what bpftool shows)
-    prog_type: str     # bcc BPFProgType member
-    attach_type: str   # bcc BPFAttachType member
-    bpftool_type: str  # the attach type as `bpftool -j cgroup show` names it
-    on_pods: bool
-    on_forwarder: bool
-
-
-HOOKS = (
-    Hook("connect4", "gw_connect4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT", "cgroup_inet4_connect", True, False),
-    Hook("sockops", "gw_sockops", "SOCK_OPS", "CGROUP_SOCK_OPS", "cgroup_sock_ops", True, True),
-    Hook("getpeername4", "gw_getpeername4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_GETPEERNAME",
-         "cgroup_inet4_getpeername", True, False),
-    Hook("sendmsg4", "gw_sendmsg4", "CGROUP_SOCK_ADDR", "CGROUP_UDP4_SENDMSG", "cgroup_udp4_sendmsg",
-         True, False),
-    Hook("recvmsg4", "gw_recvmsg4", "CGROUP_SOCK_ADDR", "CGROUP_UDP4_RECVMSG", "cgroup_udp4_recvmsg",
-         True, False),
-    Hook("getsockopt", "gw_getsockopt", "CGROUP_SOCKOPT", "CGROUP_GETSOCKOPT", "cgroup_getsockopt", False, True),
-)
-OUR_NAMES = {h.function for h in HOOKS}
-
-
-def import_bcc():
-    try:
-        import bcc
-    except ImportError:
-        raise GlasswingError("bcc Python module not found: install python3-bpfcc "
-                             "(make install links it into the venv)") from None
-    return bcc
 
 
 def check_bpf_available() -> None:
@@ -67,17 +31,16 @@ def check_bpf_available() -> None:
 
 
 class Programs:
-    """Loaded hook programs (fds handed over by bpf_loader) and the cgroup
+    """Loaded hook programs (fds handed over by kernel/loader.py) and the cgroup
     attachments made with them."""
 
     def __init__(self, pin_dir: str):
         self.pin_dir = pin_dir
         self._progs = {}     # hook file -> (prog fd, attach type number)
         self._attached = []  # (cgroup path, cgroup fd, hook), in attach order
-        self.relay = {}      # the kernel relay's program and map fds (bpf_loader.RELAY_OBJECTS)
+        self.relay = {}      # the kernel relay's program and map fds (loader.RELAY_OBJECTS)
 
     def load(self) -> None:
-        from dataplane.kernel import loader as bpf_loader
         self._progs, self.relay = bpf_loader.load(self.pin_dir)
         # The verdict program on the relay's SOCKHASH: the attachment lives with the map, which
         # lives with our fds (nothing is pinned), so close() undoes it whatever happens.

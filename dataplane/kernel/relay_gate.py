@@ -10,6 +10,8 @@ TCP paths changed much between 6.1 and 6.18. Below KERNEL_MIN, mode "kernel" run
 import os
 import re
 
+from dataplane import settings
+
 KERNEL_MIN = (6, 18)
 
 
@@ -18,21 +20,15 @@ def kernel_version(release: str = None) -> tuple:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def _forced() -> str:
-    """"on" or "off" from GLASSWING_KERNEL_RELAY, else ""."""
-    force = os.environ.get("GLASSWING_KERNEL_RELAY", "").strip().lower()
-    return force if force in ("on", "off") else ""
-
-
 def supported(release: str = None) -> bool:
-    force = _forced()
+    force = settings.kernel_relay_override()
     return force == "on" if force else kernel_version(release) >= KERNEL_MIN
 
 
 def why_not(release: str = None) -> str:
     """One line for doctor and status."""
     v = ".".join(map(str, kernel_version(release)))
-    force = _forced()
+    force = settings.kernel_relay_override()
     if force:
         return f"{force}: GLASSWING_KERNEL_RELAY={force} (kernel {v})"
     if supported(release):

@@ -1,6 +1,7 @@
-"""ctypes mirrors of the map structs in bpf/glasswing.h, field for field.
+"""ctypes mirrors of the map structs in bpf/glasswing.h (the hooks) and
+bpf/kernel_relay.h (the kernel relay), field for field.
 
-tests/unit/test_bpf_structs.py compiles the header and compares every size
+tests/unit/test_bpf_structs.py compiles each header and compares every size
 and offset with these, the way Cilium's alignchecker guards its Go mirrors.
 Fields the kernel keeps in network order are marked (n).
 """
@@ -71,9 +72,31 @@ class TupleKey(C.Structure):
                 ("pad", C.c_uint32)]
 
 
-# C name -> mirror, for the layout test.
+class KrState(C.Structure):
+    """gw_kr_state: the verdict's counters for one socket of a connection in the kernel."""
+    _fields_ = [("peer", C.c_uint64),
+                ("redirected", C.c_uint64),
+                ("passed", C.c_uint64),
+                ("slot", C.c_uint32),
+                ("gen", C.c_uint32),
+                ("side", C.c_uint32),
+                ("user", C.c_uint32)]
+
+
+class KrEvent(C.Structure):
+    """A record on gw_kr_events (read by the C engine only; mirrored for the layout test)."""
+    _fields_ = [("slot", C.c_uint32),
+                ("gen", C.c_uint32),
+                ("side", C.c_uint32),
+                ("pad", C.c_uint32)]
+
+
+# header in bpf/ -> {C struct name -> mirror}, for the layout test.
 MIRRORS = {
-    "svc_key": SvcKey, "svc_value": SvcValue, "backend_key": BackendKey,
-    "backend_value": BackendValue, "pod_settings": PodSettings, "gw_config": GwConfig,
-    "orig_dst": OrigDst, "tuple_key": TupleKey,
+    "glasswing.h": {
+        "svc_key": SvcKey, "svc_value": SvcValue, "backend_key": BackendKey,
+        "backend_value": BackendValue, "pod_settings": PodSettings, "gw_config": GwConfig,
+        "orig_dst": OrigDst, "tuple_key": TupleKey,
+    },
+    "kernel_relay.h": {"gw_kr_state": KrState, "gw_kr_event": KrEvent},
 }

@@ -70,3 +70,13 @@ def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int) -> N
 
 def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> None:
     _bpf(PROG_DETACH, struct.pack("=IIII", target_fd, prog_fd, attach_type, 0))
+
+
+def map_max_entries(fd: int) -> int:
+    """max_entries of a loaded map (from /proc/self/fdinfo): for a BPF ring buffer, the size
+    of its data area in bytes."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("max_entries:"):
+                return int(line.split()[1])
+    raise OSError(f"fd {fd} is not a BPF map")

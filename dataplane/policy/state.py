@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 from dataplane.policy.backoff import Backoff
 from dataplane.policy.circuit_breaker import CircuitBreaker
 from dataplane.policy.connect_retry import RETRIABLE, ConnectRetry
-from dataplane.policy.lb.base import make_balancer
+from dataplane.policy.lb.factory import make_balancer
 from dataplane.policy.lb.zone import ZoneAware
 from dataplane.policy.outlier import OutlierDetector
 from dataplane.policy.retry_budget import RetryBudget

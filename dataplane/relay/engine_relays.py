@@ -10,7 +10,7 @@ The engine reports ends through an fd this class reads in the loop.
 import os
 
 from dataplane.kernel import relay_gate as kernel_relay
-from dataplane.kernel.programs import KR_RING_BYTES
+from dataplane.kernel import syscalls as bpf_sys
 from dataplane.relay.engine import Engine
 
 
@@ -54,8 +54,9 @@ class EngineRelays:
         self.kernel_on = False  # whether mode "kernel" can carry bytes in the kernel
         try:
             if kernel and kernel_relay.supported():
+                ring_bytes = bpf_sys.map_max_entries(kernel["gw_kr_events"])
                 self.kernel_on = self.engine.kernel(kernel["gw_kr_socks"], kernel["gw_kr_state"],
-                                                    kernel["gw_kr_events"], KR_RING_BYTES)
+                                                    kernel["gw_kr_events"], ring_bytes)
         except BaseException:
             self.engine.close()
             raise

@@ -20,8 +20,7 @@
 GLASSWING_RELAY sets the default for `glasswing up` and for every forwarder started by
 dataplane/node/control.py (the lab, the demo, the benches, the tests).
 """
-import os
-
+from dataplane import settings
 from dataplane.relay.movers import MODES as LOOP_MODES
 
 MODES = ("engine", "kernel", *LOOP_MODES)
@@ -30,7 +29,8 @@ BUILT_IN_DEFAULT = "kernel"
 
 
 def default() -> str:
-    return os.environ.get("GLASSWING_RELAY", "").strip() or BUILT_IN_DEFAULT
+    """GLASSWING_RELAY (settings.relay_mode()), else the built-in default."""
+    return settings.relay_mode() or BUILT_IN_DEFAULT
 
 
 def check(mode) -> str:

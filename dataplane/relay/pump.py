@@ -12,14 +12,13 @@ import fcntl
 import importlib
 import os
 
+from dataplane import settings
 from dataplane.relay import pump_py
 
 PIPE_SIZE = 1 << 20  # 1 MiB: fewer, larger splices; needs pipe-max-size >= 1 MiB (the default)
 
 
-CHOICE = os.environ.get("GLASSWING_PUMP", "").strip().lower() or "auto"
-if CHOICE not in ("auto", "cython", "python"):
-    raise ValueError(f"GLASSWING_PUMP must be auto, cython or python, not {CHOICE!r}")
+CHOICE = settings.pump_choice()  # once, at import: the twins are picked below
 
 
 def built(module: str, required: bool = False):

@@ -20,7 +20,8 @@ import pytest
 
 from dataplane.kernel import maps as bpf_maps
 from dataplane.host import cgroups
-from dataplane.kernel.programs import HOOKS, Programs, attached, detach_stale
+from dataplane.kernel.hooks import HOOKS
+from dataplane.kernel.programs import Programs, attached, detach_stale
 from dataplane.kernel.map_sync import MapState, ServiceIds, desired
 from dataplane.kernel.structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue
 from dataplane.store.catalog import Catalog

@@ -24,7 +24,8 @@ import pytest
 from dataplane.kernel import maps as bpf_maps
 from dataplane.kernel import syscalls as bpf_sys
 from dataplane.kernel import relay_gate as kernel_relay
-from dataplane.kernel.programs import KR_RING_BYTES, Programs
+from dataplane.kernel.programs import Programs
+from dataplane.kernel.structs import KrState
 from dataplane.relay.engine import twins
 from tests.conftest import need_root_and_bpf
 from tests.unit.test_engine import carries_exactly, hand_over, wait_done
@@ -80,19 +81,20 @@ def engine(programs):
     e = engines["c"]()
     r = programs.relay
     if KERNEL:
-        assert e.kernel(r["gw_kr_socks"], r["gw_kr_state"], r["gw_kr_events"], KR_RING_BYTES) is True
+        ring_bytes = bpf_sys.map_max_entries(r["gw_kr_events"])
+        assert e.kernel(r["gw_kr_socks"], r["gw_kr_state"], r["gw_kr_events"], ring_bytes) is True
     yield e
     e.close()
     assert state_entries(programs) == 0, "an ended connection left its entries"
 
 
 def states(programs) -> list:
-    """The kernel relay's state entries, as (peer, redirected, passed, ...) u64 arrays."""
+    """The kernel relay's state entries (struct gw_kr_state)."""
     fd, out = programs.relay["gw_kr_state"], []
     key, nxt = None, ctypes.c_uint64()
     while bpf_sys.map_next_key(fd, key, nxt):
         key = ctypes.c_uint64(nxt.value)
-        value = (ctypes.c_uint64 * 5)()  # struct gw_kr_state: peer, redirected, passed, 4 x u32
+        value = KrState()
         if bpf_sys.map_lookup(fd, key, value):
             out.append(value)
     return out
@@ -148,7 +150,7 @@ def test_a_short_connection_never_enters_the_kernel(engine, programs):
 
 
 def redirected(programs) -> int:
-    return sum(v[1] for v in states(programs))
+    return sum(v.redirected for v in states(programs))
 
 
 def test_bulk_after_small_messages_keeps_order(engine, programs):

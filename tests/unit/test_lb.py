@@ -1,12 +1,13 @@
 """dataplane.policy.lb.base: RoundRobin (endpoints in turn, one rotation per key, as the
-forwarder uses it), the Balancer interface and the factory."""
+forwarder uses it) and the Balancer interface; dataplane.policy.lb.factory."""
 import random
 from dataclasses import dataclass
 
 import pytest
 
 from dataplane.store.catalog import Endpoint
-from dataplane.policy.lb.base import NAMES, Rotation, RoundRobin, make_balancer, name_of, weight_of, zone_of
+from dataplane.policy.lb.base import Rotation, RoundRobin, name_of, weight_of, zone_of
+from dataplane.policy.lb.factory import NAMES, make_balancer
 from dataplane.policy.lb.least_request import LeastRequest
 from dataplane.policy.lb.ring_hash import RingHash
 from dataplane.policy.lb.weighted import Weighted

@@ -1,6 +1,6 @@
 """Endpoint choice: the interface every load-balancing policy shares, the
-factory that maps TrafficPolicySpec.load_balancer names to policies, and
-round robin.
+accessors policies read endpoints through, and round robin. The factory that
+maps TrafficPolicySpec.load_balancer names to policies is lb/factory.py.
 
 A policy is sans-IO: it is handed the endpoints it may choose from (already
 filtered for health and outlier ejection by the caller) and returns one.
@@ -12,8 +12,8 @@ with a release when the connection or request ends.
 Endpoints are whatever objects the caller uses (catalog.Endpoint today);
 policies that need a weight, a zone or a stable name read it through the
 accessors below, so the catalog can grow those fields without touching the
-policies. Each policy module (lb_weighted, lb_least_request, lb_ring_hash,
-lb_zone) imports only this one.
+policies. Each policy module (weighted, least_request, ring_hash, zone)
+imports only this one from the package; this one imports none of them.
 """
 import random
 from typing import Hashable, Optional, Protocol, Sequence
@@ -71,7 +71,7 @@ class Rotation:
 class RoundRobin:
     """Round robin keyed by service port, the forwarder's original policy:
     pick(key, endpoints). Kept for the forwarder; new code takes one Balancer
-    per service port from make_balancer()."""
+    per service port from factory.make_balancer()."""
 
     def __init__(self):
         self._turns: dict[Hashable, Rotation] = {}
@@ -82,24 +82,3 @@ class RoundRobin:
             return None
         return self._turns.setdefault(key, Rotation()).pick(endpoints)
 
-
-NAMES = ("round_robin", "weighted", "least_request", "ring_hash")
-
-
-def make_balancer(name: str, *, rng: random.Random, weight=weight_of, name_of=name_of) -> Balancer:
-    """The policy TrafficPolicySpec.load_balancer names ("" is round_robin).
-    No policy reads the time, so there is no clock here; rng drives every
-    random choice so tests can seed it."""
-    from dataplane.policy.lb.least_request import LeastRequest
-    from dataplane.policy.lb.ring_hash import RingHash
-    from dataplane.policy.lb.weighted import Weighted
-
-    if name in ("", "round_robin"):
-        return Rotation(rng)
-    if name == "weighted":
-        return Weighted(weight=weight)
-    if name == "least_request":
-        return LeastRequest(rng=rng, weight=weight)
-    if name == "ring_hash":
-        return RingHash(rng=rng, weight=weight, name_of=name_of)
-    raise ValueError(f"unknown load balancer {name!r}; one of {', '.join(NAMES)}")
