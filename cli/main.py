@@ -147,7 +147,7 @@ def run(args):
         if args.foreground:
             ctl.require_root()
             from dataplane.kernel.programs import check_bpf_available
-            from dataplane.node.forwarder import run as run_forwarder
+            from dataplane.node.process import run as run_forwarder
             from dataplane.relay.modes import default as default_relay
             check_bpf_available()
             return run_forwarder(ctl.store_url, args.node, ctl.run_root, relay=args.relay or default_relay())

@@ -11,7 +11,8 @@ from dataplane.host import topology
 from dataplane.store import services as svcs
 from dataplane.kernel.programs import check_bpf_available
 from dataplane.errors import GlasswingError
-from dataplane.node.forwarder import cleanup_stale, node_paths, wait_gone
+from dataplane.node.paths import cleanup_stale, node_paths
+from dataplane.node.process import wait_gone
 from dataplane.store.kv import Unavailable
 from dataplane.store.kv_open import open_kv
 from dataplane.store.registry import Registry

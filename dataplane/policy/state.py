@@ -16,7 +16,7 @@ So ejections, breaker counts and bucket tokens survive unrelated store
 changes. An Attempt holds the balancer it picked from, so a pick is always
 released to the balancer that counted it.
 
-On HTTP ports (forwarder.MeshUpstreams, http_proxy.ServicePolicy) the same
+On HTTP ports (node.mesh_http.MeshUpstreams, http.proxy.ServicePolicy) the same
 state is used per request instead of per connection: the bucket answers 429,
 the breaker's max_connections caps requests in flight (503), the budget
 bounds the route's retries, and the port's balancer and outlier detector

@@ -176,7 +176,7 @@ def test_forwarder_cgroup_is_never_redirected(world):
 
 def _endpoint(doc, svc, pod, port):
     """Publish pod:port as an endpoint of port 80 of service svc, the way
-    the node's forwarder does (forwarder._publish); returns its key."""
+    the node's forwarder does (node.publisher.Publisher.publish); returns its key."""
     key = f"/glasswing/endpoints/n/default/{svc}/80/{pod}:{port}"
     doc["endpoints"][key] = {"service": f"default/{svc}", "service_port": 80, "pod": pod, "node": "n",
                              "ip": doc["pods"][pod]["ip"], "port": port, "health": "healthy",

@@ -1,4 +1,4 @@
-"""The forwarder's glue to the policy units, without sockets of the mesh:
+"""Outbound's glue to the policy units, without sockets of the mesh:
 which failures are retried elsewhere, the ring hash key at L4, and the
 relay set that reports closed relays."""
 import asyncio
@@ -6,7 +6,9 @@ import errno
 import socket
 
 from dataplane.tunnel import codec as tc
-from dataplane.node.forwarder import REFUSALS, RelaySet, failure_reason, source_key
+from dataplane.node.counters import REFUSALS, Counters
+from dataplane.node.outbound import failure_reason, source_key
+from dataplane.node.relays import RelaySet
 from dataplane.tunnel.streams import StreamRejected
 
 
@@ -56,3 +58,4 @@ def test_relay_set_reports_each_relay_leaving_once():
 def test_every_refusal_reason_is_a_stats_key():
     assert set(REFUSALS) == {"no_service", "rate_limit", "max_connections", "max_pending", "no_endpoint",
                              "connect_failed"}
+    assert {f"refused_{r}" for r in REFUSALS} <= set(Counters())

@@ -1,11 +1,13 @@
 """What the forwarder wires into the HTTP proxy (issue 4, parts 4-5), without root: per-rule
 faults and "marked safe" retries from the Route, the circuit breaker per request, the
 report(key, outcome) hook that feeds outlier detection, and MeshUpstreams over the catalog
-and the policy state (subsets by endpoint labels, ejection by 5xx and timeouts)."""
+and the policy state (subsets by endpoint labels, ejection by 5xx and timeouts), given a
+catalog getter, the policy state and counters (node.mesh_http)."""
 import asyncio
 import random
 
-from dataplane.node import forwarder as fw
+from dataplane.node.counters import Counters
+from dataplane.node.mesh_http import MeshUpstreams
 from dataplane.store.catalog import Catalog
 from dataplane.policy.circuit_breaker import CircuitBreaker
 from dataplane.http.proxy import NoEndpoint, ServicePolicy
@@ -100,24 +102,31 @@ def test_every_try_is_reported_once_with_its_outcome():
 # --- MeshUpstreams over a catalog ----------------------------------------------------------
 
 
-class FakeForwarder:
-    def __init__(self, endpoints, spec=None):
-        doc = _empty()
-        doc["services"]["default/web"] = {"namespace": "default", "name": "web", "labels": {},
-                                          "vip": "198.19.0.10", "ports": [{"port": 80, "target": 8080,
-                                                                           "protocol": "http"}],
-                                          "endpoints": [], "selector": {"app": "web"}, "health_check": None}
-        for i, (pod, labels) in enumerate(endpoints):
-            doc["endpoints"][f"/glasswing/endpoints/n1/default/web/80/{pod}:8080"] = {
-                "service": "default/web", "service_port": 80, "pod": pod, "node": "n1",
-                "ip": f"198.18.1.{i + 2}", "port": 8080, "health": "healthy", "labels": labels}
-        if spec is not None:
-            doc["config"]["trafficpolicy"]["default/p"] = spec
-        self.catalog = Catalog(doc)
-        self.policies = Policies(rng=random.Random(1))
-        self.policies.update(self.catalog, doc)
-        self.stats = {"outlier_ejections": 0, "connect_failures": 0}
-        self.pods = {"client": None}
+def mesh(endpoints, spec=None):
+    """A catalog of service default/web (endpoints [(pod, labels)] on node n1), its policy
+    state, and the counters MeshUpstreams reports to."""
+    doc = _empty()
+    doc["services"]["default/web"] = {"namespace": "default", "name": "web", "labels": {},
+                                      "vip": "198.19.0.10", "ports": [{"port": 80, "target": 8080,
+                                                                       "protocol": "http"}],
+                                      "endpoints": [], "selector": {"app": "web"}, "health_check": None}
+    for i, (pod, labels) in enumerate(endpoints):
+        doc["endpoints"][f"/glasswing/endpoints/n1/default/web/80/{pod}:8080"] = {
+            "service": "default/web", "service_port": 80, "pod": pod, "node": "n1",
+            "ip": f"198.18.1.{i + 2}", "port": 8080, "health": "healthy", "labels": labels}
+    if spec is not None:
+        doc["config"]["trafficpolicy"]["default/p"] = spec
+    catalog = Catalog(doc)
+    policies = Policies(rng=random.Random(1))
+    policies.update(catalog, doc)
+    return catalog, policies, Counters()
+
+
+def upstreams(catalog, policies, counters):
+    """MeshUpstreams as MeshHttp makes them; pick and report never dial."""
+    return MeshUpstreams(catalog=lambda: catalog, policies=policies, dialer=None,
+                         attached=lambda name: name == "client", counters=counters,
+                         pod=Pod(), dst=("198.19.0.10", 80), hash_key="198.18.1.9")
 
 
 class Pod:
@@ -132,8 +141,7 @@ def outlier_policy():
 
 
 def test_mesh_upstreams_pick_by_subset_and_avoid_tried():
-    f = FakeForwarder([("a", {"version": "v1"}), ("b", {"version": "v1"}), ("c", {"version": "v2"})])
-    ups = fw.MeshUpstreams(f, Pod(), ("198.19.0.10", 80), "198.18.1.9")
+    ups = upstreams(*mesh([("a", {"version": "v1"}), ("b", {"version": "v1"}), ("c", {"version": "v2"})]))
     picks = {ups.pick("default/web", 80, {"version": "v2"}, set())[1].pod for _ in range(5)}
     assert picks == {"c"}
     first = ups.pick("default/web", 80, {"version": "v1"}, set())
@@ -146,15 +154,15 @@ def test_mesh_upstreams_pick_by_subset_and_avoid_tried():
 
 
 def test_mesh_upstreams_eject_after_5xx_and_timeouts_and_count_successes():
-    f = FakeForwarder([("a", {}), ("b", {}), ("c", {})], spec=outlier_policy())
-    ups = fw.MeshUpstreams(f, Pod(), ("198.19.0.10", 80), "198.18.1.9")
+    catalog, policies, counters = mesh([("a", {}), ("b", {}), ("c", {})], spec=outlier_policy())
+    ups = upstreams(catalog, policies, counters)
     key = ups.pick("default/web", 80, {}, set())
     ups.report(key, 503)
     ups.report(ups.pick("default/web", 80, {}, set()), 200)
-    assert f.stats["outlier_ejections"] == 0
+    assert counters["outlier_ejections"] == 0
     key2 = next(k for k in iter(lambda: ups.pick("default/web", 80, {}, set()), None) if k == key)
     ups.report(key2, "timeout")
-    assert f.stats["outlier_ejections"] == 1
+    assert counters["outlier_ejections"] == 1
     seen = {ups.pick("default/web", 80, {}, set())[1].pod for _ in range(10)}
     assert key[1].pod not in seen and len(seen) == 2
     assert ups.picked == {k: v for k, v in ups.picked.items() if v}  # released picks leave no entry

@@ -1,0 +1,46 @@
+"""The mesh dialer: how this node's forwarder reaches an endpoint it picked.
+
+  an address outside the mesh's pods (ep.node None)   straight from the node
+  a pod on this node                                  from inside the pod's namespace
+  a pod on another node                               the tunnel to that node's forwarder
+
+Outbound and inbound get a dialer injected, so that their logic runs in tests over any
+object with the same two coroutines (open and connect_local) on loopback sockets. Every
+socket made here is a forwarder socket (marked, outside any pod cgroup), so no hook ever
+redirects it (dataplane/tunnel/streams.py).
+"""
+from dataplane.tunnel import codec as tc
+from dataplane.tunnel.streams import connect_in_pod, dial, open_tunnel
+
+
+class MeshDialer:
+    def __init__(self, node: str, cluster: str, home_fd: int, pods, peer_ip):
+        """pods: a mapping of the pods attached here, name -> an object with ns_fd (kept
+        current by the forwarder); peer_ip(node): that node's tunnel address, KeyError once
+        the node has left the store."""
+        self.node, self.cluster, self.home_fd = node, cluster, home_fd
+        self._pods, self._peer_ip = pods, peer_ip
+
+    async def open(self, pod: str, sp, dst: tuple, ep, trace: str, timeout: float):
+        """(socket, bytes the far side already sent for the app) to endpoint ep of service
+        port sp, for the app of pod that dialled dst. Raises OSError, TimeoutError,
+        StreamRejected, PreambleError, or KeyError when ep's node left the store."""
+        if ep.node is None:  # an address outside the mesh's pods: straight from the node
+            return await dial((ep.ip, ep.port), timeout=timeout), b""
+        if ep.node == self.node:
+            return await self.connect_local(ep.pod, ep.ip, ep.port, timeout), b""
+        peer_ip = self._peer_ip(ep.node)
+        msg = tc.Open(version=tc.VERSION, source_pod=pod,
+                      source_identity=f"glasswing://{self.cluster}/pod/{pod}",
+                      service=sp.service, port=sp.port,
+                      original_dst=tc.Address(*dst), target=tc.Address(ep.ip, ep.port),
+                      trace_id=trace, source_node=self.node)
+        return await open_tunnel(peer_ip, msg, timeout=timeout)
+
+    async def connect_local(self, pod_name: str, ip: str, port: int, timeout: float = None):
+        """A connection to the app at ip:port made inside pod_name's namespace; refused when
+        the pod is not attached here (nothing reached an app, so another endpoint may be tried)."""
+        pod = self._pods.get(pod_name)
+        if pod is None:
+            raise ConnectionRefusedError(f"pod {pod_name} is not attached on node {self.node}")
+        return await connect_in_pod(pod.ns_fd, self.home_fd, ip, port, timeout=timeout)

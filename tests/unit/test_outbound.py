@@ -1,0 +1,249 @@
+"""node.outbound over loopback, no root: the real Acceptor, Outbound, MeshHttp and RelaySink,
+with the two seams the forwarder fills with kernel-backed parts filled here: the original
+destination (SO_ORIGINAL_DST in the forwarder) is given, and the dialer connects to
+127.0.0.1:endpoint port with plain sockets (the forwarder's dialer makes marked sockets in
+pod namespaces, which needs root).
+
+    app --TCP--> pod listener: Acceptor -> Outbound.serve --LoopbackDialer--> endpoint servers
+                                                 '-> RelaySink (bytes both ways)
+"""
+import asyncio
+import random
+import socket
+
+import pytest
+
+from dataplane.host.sockets import connect
+from dataplane.http.proxy import ServicePolicy
+from dataplane.node.accept import Acceptor
+from dataplane.node.counters import REFUSALS, Counters
+from dataplane.node.mesh_http import MeshHttp
+from dataplane.node.outbound import Outbound
+from dataplane.node.relays import RelaySink
+from dataplane.policy.state import Policies
+from dataplane.store import schema as cs
+from dataplane.store.catalog import Catalog
+from dataplane.store.registry import _empty
+
+VIP = "198.19.0.10"
+TIMEOUT = 20.0
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
+
+
+def mesh_doc(ports, protocol="tcp", policy=None):
+    """A store document with service default/web on VIP:80 whose endpoints are on loopback at
+    ports (pods p0, p1, ... on node n1, in that order)."""
+    doc = _empty()
+    doc["services"]["default/web"] = {"namespace": "default", "name": "web", "labels": {}, "vip": VIP,
+                                      "ports": [{"port": 80, "target": 8080, "protocol": protocol}],
+                                      "endpoints": [], "selector": {"app": "web"}, "health_check": None}
+    for i, port in enumerate(ports):
+        doc["endpoints"][f"/glasswing/endpoints/n1/default/web/80/p{i}:{port}"] = {
+            "service": "default/web", "service_port": 80, "pod": f"p{i}", "node": "n1",
+            "ip": "127.0.0.1", "port": port, "health": "healthy", "labels": {}}
+    if policy is not None:
+        doc["config"]["trafficpolicy"]["default/p"] = cs.validate(
+            {"apiVersion": cs.API_VERSION, "kind": "TrafficPolicy", "metadata": {"name": "p"},
+             "spec": {"service": "web", **policy}}, "test", 1)
+    return doc
+
+
+class LoopbackDialer:
+    """The dialer seam: every endpoint is 127.0.0.1:ep.port, reached with the forwarder's own
+    non-blocking connect. Records each try's endpoint pod."""
+
+    def __init__(self):
+        self.tries = []
+
+    async def open(self, pod, sp, dst, ep, trace, timeout):
+        self.tries.append(ep.pod)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            await connect(s, ("127.0.0.1", ep.port), timeout)
+        except BaseException:
+            s.close()
+            raise
+        return s, b""
+
+
+class Pod:
+    name, rec = "client", {"ip": "198.18.1.9"}
+
+
+class Node:
+    """One pod's outbound listener on loopback, served by the real collaborators."""
+
+    def __init__(self, doc, relay="copy", dst=(VIP, 80), clock=None):
+        self.counters, self.errors = Counters(), {}
+        self.policies = Policies(rng=random.Random(7), **({"clock": clock} if clock else {}))
+        self.catalog = Catalog(doc)
+        self.policies.update(self.catalog, doc)
+        self.dialer = LoopbackDialer()
+        self.outbound = None
+        self.sink = RelaySink(relay, on_gone=lambda r: self.outbound.relay_gone(r))
+        self.http = MeshHttp(catalog=lambda: self.catalog, policies=self.policies, dialer=self.dialer,
+                             relay=self.sink.relay, http_policy=lambda s, p: ServicePolicy(),
+                             attached=lambda name: name == Pod.name, counters=self.counters)
+        self.outbound = Outbound(catalog=lambda: self.catalog, policies=self.policies, dialer=self.dialer,
+                                 relay=self.sink.relay, http=self.http.serve, counters=self.counters,
+                                 destination=lambda conn: dst)
+        self.tasks = set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.addr = self.listener.getsockname()
+
+    def spawn(self, coro):
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    def __enter__(self):
+        acceptor = Acceptor(self.spawn, self.counters, self.errors)
+        self.spawn(acceptor.loop(self.listener, lambda c: self.outbound.serve(Pod(), c)))
+        return self
+
+    def __exit__(self, *exc):
+        for t in list(self.tasks):
+            t.cancel()
+        self.sink.close()
+        self.http.close()
+        self.listener.close()
+
+    def refused(self):
+        return {r: self.counters[f"refused_{r}"] for r in REFUSALS if self.counters[f"refused_{r}"]}
+
+
+async def echo_server():
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def refusing_port():
+    """A bound socket that does not listen: a connect to its port is refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
+async def exchange(addr, data=b"hello", half_close=True):
+    """Send data, half-close (unless told not to), and return everything read until the peer closes (b"" for a
+    connection the forwarder reset or closed without answering)."""
+    reader, writer = await asyncio.open_connection(*addr)
+    try:
+        writer.write(data)
+        await writer.drain()
+        if half_close:
+            writer.write_eof()
+        return await reader.read()
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def until(cond, what):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not cond():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("relay", ["copy", "engine"])
+def test_a_refused_endpoint_is_retried_on_the_next_and_bytes_flow(relay):
+    async def main():
+        server, good = await echo_server()
+        hole, bad = refusing_port()
+        # pods p0 (refused) and p1 (echo): of two connections, exactly one starts at p0
+        with Node(mesh_doc([bad, good]), relay=relay) as node:
+            assert await exchange(node.addr, b"one") == b"one"
+            assert await exchange(node.addr, b"two") == b"two"
+            tries = node.dialer.tries
+            assert tries.count("p0") == 1 and tries[tries.index("p0") + 1] == "p1", tries
+            assert node.counters["connect_failures"] == 1 and node.counters["connect_retries"] == 1
+            assert node.refused() == {} and node.counters["accepted"] == 2
+            await until(lambda: not node.outbound.attempts, "the relays' policy holds were not released")
+        hole.close()
+        server.close()
+    run(main())
+
+
+def test_every_endpoint_refused_gives_up_as_connect_failed():
+    async def main():
+        hole, bad = refusing_port()
+        with Node(mesh_doc([bad])) as node:
+            assert await exchange(node.addr) == b""
+            assert node.dialer.tries == ["p0", "p0"]  # one retry (the default), on the only one
+            assert node.refused() == {"connect_failed": 1} and node.counters["reset"] == 1
+            assert not node.outbound.attempts
+        hole.close()
+    run(main())
+
+
+def test_no_service_port_at_the_destination_is_refused_as_no_service():
+    async def main():
+        for dst in ((VIP, 81), None):  # a VIP without that port; no original destination
+            with Node(mesh_doc([9]), dst=dst) as node:
+                assert await exchange(node.addr) == b""
+                assert node.refused() == {"no_service": 1} and node.dialer.tries == []
+    run(main())
+
+
+def test_a_service_without_endpoints_is_refused_as_no_endpoint():
+    async def main():
+        with Node(mesh_doc([])) as node:
+            assert await exchange(node.addr) == b""
+            assert node.refused() == {"no_endpoint": 1} and node.dialer.tries == []
+    run(main())
+
+
+def test_the_rate_limit_refuses_past_the_burst():
+    async def main():
+        server, good = await echo_server()
+        policy = {"rateLimit": {"tokensPerSecond": 1, "burst": 1}}
+        with Node(mesh_doc([good], policy=policy), clock=lambda: 100.0) as node:  # no refill
+            assert await exchange(node.addr, b"first") == b"first"
+            assert await exchange(node.addr, b"second") == b""
+            assert node.refused() == {"rate_limit": 1} and node.dialer.tries == ["p0"]
+        server.close()
+    run(main())
+
+
+def test_sniffed_http_goes_through_a_session_to_the_endpoint():
+    async def main():
+        seen = []
+
+        async def http_ok(reader, writer):
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(http_ok, "127.0.0.1", 0)
+        with Node(mesh_doc([server.sockets[0].getsockname()[1]], protocol="")) as node:
+            answer = await exchange(node.addr, b"GET /x HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n",
+                                  half_close=False)
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer
+            assert seen and seen[0].startswith(b"GET /x HTTP/1.1")
+            assert node.counters["sniffed_http"] == 1 and node.counters["http_sessions"] == 1
+            assert node.dialer.tries == ["p0"] and node.http.metrics["requests"] == 1
+        server.close()
+    run(main())
+
+
+def test_sniffed_opaque_bytes_reach_the_endpoint_first():
+    async def main():
+        server, good = await echo_server()
+        with Node(mesh_doc([good], protocol="")) as node:
+            assert await exchange(node.addr, b"\x00binary, not http") == b"\x00binary, not http"
+            assert node.counters["sniffed_opaque"] == 1 and node.counters["http_sessions"] == 0
+        server.close()
+    run(main())
