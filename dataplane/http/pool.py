@@ -1,4 +1,4 @@
-"""Idle keep-alive connections to upstream endpoints, for the HTTP/1.1 proxy (http_proxy.py).
+"""Idle keep-alive connections to upstream endpoints, for the HTTP/1.1 proxy (proxy.py).
 
 One UpstreamPool per forwarder, shared by every HttpSession. A connection is keyed by the
 endpoint it reaches (whatever hashable key the forwarder's Upstreams.pick returns), and carries
@@ -13,7 +13,7 @@ While a connection is idle nothing may arrive on it: the pool watches it with ad
 any readiness (the upstream closed it, reset it, or sent bytes nobody asked for) closes it at
 once, so most dead connections leave the pool before anyone takes them. The race that remains,
 an upstream closing just as a request goes out, is the proxy's to handle: it retries such a
-request once on a fresh connection when it may (see http_proxy.py). Idle connections are closed
+request once on a fresh connection when it may (see tries.py). Idle connections are closed
 after idle_timeout seconds, and take() returns the newest, so a quiet endpoint keeps few.
 """
 import asyncio

@@ -22,21 +22,22 @@ What the forwarder provides (nothing here knows the catalog, the kernel or the t
                 the service's RouteTable (None: DEFAULT_RULE), local rate limit, fault
                 injection, retry budget (one per service, shared by its sessions), methods
                 marked safe to retry.
-    pool        the forwarder-wide http_pool.UpstreamPool of idle upstream connections.
+    pool        the forwarder-wide pool.UpstreamPool of idle upstream connections.
     on_switch   on_switch(client_sock, upstream_sock, to_upstream, to_client) after a 101 (or a
                 2xx to CONNECT): the session has sent the 101 to the client and hands both
                 sockets over (the forwarder starts a raw Relay with to_b/to_a); the session ends
                 without closing them. None: Upgrade headers are not forwarded, so upstreams
                 never switch, and CONNECT is answered 501.
-    metrics     a dict of counters, shared or per session (see _count calls; new_metrics()).
+    metrics     a dict of counters, shared or per session (listed below; new_metrics()).
 
 One request, in order: parse (RequestParser), trace headers (traceparent, x-request-id),
 route (no matching rule: 404), rate limit (429), fault injection (delay, abort; the matched
 rule's fault, else the service's), circuit breaker (503 circuit_open), then tries:
 pick an endpoint, reuse or open a connection, send the head and stream the body, read the
-response head, and either retry or stream the response to the client. The tries, retries,
-timeouts and streaming are http_exchange.py's; this module admits requests and owns the
-client connection.
+response head, and either retry or stream the response to the client. This module admits
+requests; the client connection is client.ClientConnection's; the tries, retries, timeouts and
+streaming are tries.Tries' (its retry loop) and transfer.Transfer's (the bytes), which reach the
+client only through the ClientSide interface in tries.py.
 
 Client-side deadlines: the first request's head must be complete within head_timeout of the
 session's start, later ones within head_timeout of their first byte; between requests a client
@@ -62,34 +63,34 @@ import logging
 import random
 import socket
 
-from dataplane.http.h1 import (IDEMPOTENT_METHODS, MAX_HEAD, MAX_HEADERS, MAX_REQUEST_LINE, NEED_DATA, PAUSED,
-                    BodyWriter, Data, EndOfMessage, HttpError, Request, RequestParser,
-                    strip_hop_by_hop, write_head)
-from dataplane.http.exchange import ConnectFailed, ClientFailed, Exchange, NoEndpoint, Tries, recv
+from dataplane.http.client import ClientConnection
+from dataplane.http.exchange import ClientFailed, ConnectFailed, Exchange, NoEndpoint
+from dataplane.http.h1 import (IDEMPOTENT_METHODS, MAX_HEAD, MAX_HEADERS, MAX_REQUEST_LINE,
+                               HttpError, RequestParser, strip_hop_by_hop, write_head)
 from dataplane.http.pool import UpstreamPool
-from dataplane.http.route import (FAULT_ABORT, NO_ROUTE, RATE_LIMITED, CompiledRule, apply_set_headers,
-                         choose_subset, error_reply, local_reply, request_path)
+from dataplane.http.route import (FAULT_ABORT, NO_ROUTE, RATE_LIMITED, CompiledRule,
+                                  apply_set_headers, choose_subset, error_reply, local_reply,
+                                  request_path)
 from dataplane.http.sniff import HTTP, MAX_SNIFF, NEED_MORE, OPAQUE, SNIFF_DEADLINE, sniff
-from dataplane.host.sockets import reset
+from dataplane.http.sockio import recv
 from dataplane.http.trace_context import ensure_trace
+from dataplane.http.tries import Tries
 
 __all__ = ["detect", "HTTP", "OPAQUE", "HttpSettings", "ServicePolicy", "Upstreams",
            "NoEndpoint", "ConnectFailed", "HttpSession", "DEFAULT_RULE", "new_metrics"]
 
 log = logging.getLogger("glasswing.http")
 
-# x-glasswing-reason values beyond http_route's (and http_exchange's)
+# x-glasswing-reason values beyond route's (and exchange's)
 HEADER_TIMEOUT = "request_header_timeout"
 OVERFLOW = "circuit_open"  # the service's circuit breaker refused the request
 NOT_SUPPORTED = "not_supported"
-
-LINGER_BYTES = 256 * 1024  # read and dropped at most while closing after an error
 
 
 async def detect(sock: socket.socket, loop=None, deadline: float = SNIFF_DEADLINE):
     """("http" or "opaque", the bytes read) for a client's first bytes.
 
-    Reads (plain recv: the bytes are returned, not left in the socket) until http_sniff.sniff
+    Reads (plain recv: the bytes are returned, not left in the socket) until sniff.sniff
     decides, MAX_SNIFF bytes are in, the client closes its side, or deadline seconds pass; the
     last three mean "opaque". Never waits longer than deadline, so a server-first protocol only
     pays that once, at connect."""
@@ -158,9 +159,9 @@ DEFAULT_RULE = CompiledRule(index=-1, rule=None, split=(), timeout_s=None, per_t
 
 @dataclasses.dataclass
 class ServicePolicy:
-    routes: object = None  # http_route.RouteTable; None: every request takes DEFAULT_RULE
+    routes: object = None  # route.RouteTable; None: every request takes DEFAULT_RULE
     rate_limit: object = None  # token_bucket.TokenBucket on requests; refused: 429
-    fault: object = None  # http_route.FaultInjection
+    fault: object = None  # route.FaultInjection
     retry_budget: object = None  # retry_budget.RetryBudget, one per service; None: unlimited
     safe_methods: frozenset = frozenset()  # methods retried as if idempotent, e.g. {b"POST"}
     breaker: object = None  # circuit_breaker.CircuitBreaker shared by the service: at L7 each
@@ -172,24 +173,19 @@ def new_metrics() -> dict:
             "stale_retries": 0, "switched": 0}
 
 
-def _closes(data):
-    """Whether a local reply says Connection: close."""
-    return b"\r\nconnection: close\r\n" in data[:data.find(b"\r\n\r\n") + 2].lower()
-
-
 # --- the session ---------------------------------------------------------------------------
 
 
-class HttpSession(Tries):
-    """Serves one client connection until it closes, errs, idles out or switches protocols."""
+class HttpSession:
+    """Serves one client connection until it closes, errs, idles out or switches protocols.
+    The client connection is a client.ClientConnection; each admitted request goes to the
+    session's tries.Tries, which reaches the client only through that connection."""
 
     def __init__(self, client: socket.socket, service: str, port: int, upstreams, *,
                  policy=None, pool: UpstreamPool = None, settings: HttpSettings = None,
                  prefix: bytes = b"", on_switch=None, metrics: dict = None, rng=None, loop=None):
         self.loop = loop or asyncio.get_running_loop()
-        self.client = client
         self.service, self.port = service, port
-        self.upstreams = upstreams
         self._policy = policy if callable(policy) else (lambda p=policy or ServicePolicy(): p)
         self._own_pool = pool is None
         self.pool = pool or UpstreamPool(self.loop)
@@ -199,142 +195,74 @@ class HttpSession(Tries):
         for key, zero in new_metrics().items():
             self.metrics.setdefault(key, zero)
         self.rng = rng or random.Random()
-        self.parser = RequestParser(**self.settings.parser_limits())
+        parser = RequestParser(**self.settings.parser_limits())
         if prefix:
-            self.parser.receive_data(prefix)
-        self.switched = False
-        self.closed = False
-        self.peak_buffered = 0  # most response bytes held at once (bounded by recv_size)
+            parser.receive_data(prefix)
+        self.client = ClientConnection(client, parser, self.settings, self.metrics, self.loop,
+                                       on_switch)
+        self.tries = Tries(self.client, upstreams, self.pool, self.settings, service, port,
+                           rng=self.rng, loop=self.loop)
 
-    def _count(self, key, n=1):
-        m = self.metrics
-        m[key] = m.get(key, 0) + n
+    @property
+    def peak_buffered(self) -> int:
+        """Most response bytes held at once (bounded by recv_size)."""
+        return self.tries.peak_buffered
 
     # -- the connection
 
     async def run(self) -> None:
+        client = self.client
         try:
             await self._serve()
         except asyncio.CancelledError:
-            self._reset_client()
+            client.reset()
             raise
         except Exception:  # noqa: BLE001 - one broken session must not take others down
             log.exception("http session for %s:%s", self.service, self.port)
-            self._reset_client()
+            client.reset()
         finally:
-            if not self.switched and not self.closed:
-                self.closed = True
-                self.client.close()
+            client.close()
             if self._own_pool:
                 self.pool.close()
 
     async def _serve(self):
+        client = self.client
         first = True
         while True:
             try:
-                request = await self._read_head(first)
+                request = await client.read_head(first)
             except HttpError as e:
-                self._count("client_errors")
-                self._count_response(e.status)
-                self._count(f"local_http_{e.status}")
-                await self._send_quietly(error_reply(e))
-                return await self._linger_close()
+                client.count("client_errors")
+                client.count_response(e.status)
+                client.count(f"local_http_{e.status}")
+                await client.send_quietly(error_reply(e))
+                return await client.linger_close()
             except TimeoutError:
-                if self.parser.buffered:  # part of a head came, the rest did not
-                    self._count_response(408)
-                    self._count(f"local_{HEADER_TIMEOUT}")
-                    await self._send_quietly(local_reply(
+                if client.parser.buffered:  # part of a head came, the rest did not
+                    client.count_response(408)
+                    client.count(f"local_{HEADER_TIMEOUT}")
+                    await client.send_quietly(local_reply(
                         408, f"request head not complete within {self.settings.head_timeout:g}s",
                         HEADER_TIMEOUT, close=True))
-                return await self._linger_close()
+                return await client.linger_close()
             except OSError:
                 return
             if request is None:
                 return
             first = False
             keep = await self._handle(request)
-            if self.switched or self.closed:
+            if client.switched or client.closed:
                 return
             if not keep:
-                return await self._linger_close()
-
-    async def _read_head(self, first):
-        """The next Request, or None when the client closed or idled out between requests."""
-        parser = self.parser
-        s = self.settings
-        deadline = self.loop.time() + s.head_timeout if first or parser.buffered else None
-        while True:
-            ev = parser.next_event()
-            if ev is NEED_DATA:
-                if deadline is None:
-                    try:
-                        async with asyncio.timeout(s.idle_timeout):
-                            data = await recv(self.loop, self.client, s.recv_size)
-                    except TimeoutError:
-                        self._count("client_idle_closed")
-                        return None
-                    deadline = self.loop.time() + s.head_timeout
-                else:
-                    async with asyncio.timeout_at(deadline):
-                        data = await recv(self.loop, self.client, s.recv_size)
-                parser.receive_data(data)
-                continue
-            if isinstance(ev, Request):
-                return ev
-            if ev is PAUSED and not parser.must_close:
-                parser.resume()  # an Upgrade request that was not switched
-                continue
-            return None  # ConnectionClosed, or PAUSED after a closing request
-
-    def _reset_client(self):
-        if not self.closed and not self.switched:
-            self.closed = True
-            reset(self.client)
-
-    async def _send_quietly(self, data):
-        try:
-            await self.loop.sock_sendall(self.client, data)
-        except OSError:
-            pass
-
-    async def _to_client(self, data):
-        """Send to the client; a client that takes nothing for idle_timeout is given up on."""
-        try:
-            async with asyncio.timeout(self.settings.idle_timeout):
-                await self.loop.sock_sendall(self.client, data)
-        except TimeoutError:
-            raise ClientFailed(None, "client stopped reading") from None
-        except OSError as e:
-            raise ClientFailed(None, f"client: {e}") from None
-
-    async def _linger_close(self):
-        """Close after a final response: FIN first, then drop what the client still sends for a
-        moment, so that our response is not destroyed by a reset over unread bytes."""
-        if self.closed:
-            return
-        sock = self.client
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            async with asyncio.timeout(self.settings.linger):
-                n = 0
-                while n < LINGER_BYTES:
-                    data = await recv(self.loop, sock, self.settings.recv_size)
-                    if not data:
-                        break
-                    n += len(data)
-        except (TimeoutError, OSError):
-            pass
-        self.closed = True
-        sock.close()
-
-    def _count_response(self, status):
-        self._count(f"responses_{status // 100}xx")
+                return await client.linger_close()
 
     # -- one request
 
     async def _handle(self, request) -> bool:
-        """Serve one request; whether the client connection stays open."""
-        self._count("requests")
+        """Admit one request and hand it to the tries; whether the client connection stays
+        open."""
+        client = self.client
+        client.count("requests")
         policy = self._policy()
         ex = Exchange(request, DEFAULT_RULE)
         # Upgrade is forwarded only when someone can take the switched connection over, and
@@ -344,30 +272,30 @@ class HttpSession(Tries):
         trace = ensure_trace(request.headers, self.rng)
         ex.request_id = trace.request_id
         try:
-            self._take_buffered_body(ex)
+            client.take_buffered_body(ex)
         except HttpError as e:
-            return await self._client_failed(ex, ClientFailed(e))
+            return await client.failed(ex, ClientFailed(e))
         if request.method == b"CONNECT" and not ex.upgrade:
-            return await self._local(ex, 501, "CONNECT is not supported here", NOT_SUPPORTED)
+            return await client.answer(ex, 501, "CONNECT is not supported here", NOT_SUPPORTED)
         if policy.routes is not None:
             rule = policy.routes.match(request)
             if rule is None:
                 path = request_path(request) or request.target.decode("latin-1")[:200]
-                return await self._local(
+                return await client.answer(
                     ex, 404, f"no route for {request.method.decode('latin-1')} {path} "
                     f"in service {self.service}", NO_ROUTE)
             ex.rule = rule
         if policy.rate_limit is not None and not policy.rate_limit.try_take():
-            return await self._local(ex, 429, f"rate limit of service {self.service} exceeded",
-                                     RATE_LIMITED)
+            return await client.answer(ex, 429, f"rate limit of service {self.service} exceeded",
+                                       RATE_LIMITED)
         injection = ex.rule.fault if ex.rule.fault is not None else policy.fault
         if injection is not None:
             fault = injection.decide(self.rng)
             if fault.delay_s:
-                self._count("fault_delays")
+                client.count("fault_delays")
                 await asyncio.sleep(fault.delay_s)
             if fault.abort_status is not None:
-                return await self._local(ex, fault.abort_status, "fault injected", FAULT_ABORT)
+                return await client.answer(ex, fault.abort_status, "fault injected", FAULT_ABORT)
         ex.subset = choose_subset(ex.rule, self.rng) if ex.rule.split else None
         ex.marked_safe = request.method in policy.safe_methods or ex.rule.retry_non_idempotent
         ex.may_replay = ex.marked_safe or request.method in IDEMPOTENT_METHODS
@@ -379,64 +307,13 @@ class HttpSession(Tries):
         ex.head = write_head(dataclasses.replace(request, headers=headers))
         breaker = policy.breaker
         if breaker is None:
-            return await self._forward(ex)
+            return await self.tries.forward(ex)
         refused = breaker.try_acquire()
         if refused is not None:
-            return await self._local(ex, 503, f"service {self.service} is at its limit of "
-                                     f"{breaker.max_connections} requests in flight", OVERFLOW)
+            return await client.answer(ex, 503, f"service {self.service} is at its limit of "
+                                       f"{breaker.max_connections} requests in flight", OVERFLOW)
         breaker.connected()  # requests are not pending: the slot is held until the exchange ends
         try:
-            return await self._forward(ex)
+            return await self.tries.forward(ex)
         finally:
             breaker.release(connected=True)
-
-    def _take_buffered_body(self, ex):
-        """Move the request body bytes already received into ex.replay (no I/O), up to
-        replay_limit; the pump streams the rest."""
-        if ex.writer is None:
-            ex.writer = BodyWriter(self.parser.framing == "chunked")
-        while not ex.body_done and len(ex.replay) < self.settings.replay_limit:
-            ev = self.parser.next_event()  # HttpError: the caller answers it
-            if isinstance(ev, Data):
-                ex.replay += ex.writer.data(ev)
-            elif isinstance(ev, EndOfMessage):
-                ex.replay += ex.writer.end(ev.trailers)
-                ex.body_done = True
-            else:
-                return
-
-    async def _local(self, ex, status, text, reason) -> bool:
-        """Answer the request ourselves; whether the connection stays open. A body that did not
-        arrive completely is not waited for: the connection closes instead."""
-        try:
-            while not ex.body_done:  # skip what already arrived of the body, without I/O
-                ev = self.parser.next_event()
-                if isinstance(ev, EndOfMessage):
-                    ex.body_done = True
-                elif not isinstance(ev, Data):
-                    break
-        except HttpError:
-            pass
-        close = True if not (ex.keep_alive and ex.body_done) else None
-        data = local_reply(status, text, reason, close=close, head=ex.head_only,
-                           extra_headers=((b"x-request-id", ex.request_id.encode("latin-1")),))
-        self._count_response(status)
-        self._count(f"local_{reason}")
-        try:
-            await self._to_client(data)
-        except ClientFailed:
-            self._reset_client()
-            return False
-        return not _closes(data)
-
-    # -- tries
-
-    async def _client_failed(self, ex, e) -> bool:
-        self._count("client_errors")
-        if e.error is not None and not ex.committed and not ex.informational:
-            self._count_response(e.error.status)
-            await self._send_quietly(error_reply(e.error, head=ex.head_only))
-            await self._linger_close()
-        else:
-            self._reset_client()
-        return False

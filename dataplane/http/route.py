@@ -183,7 +183,7 @@ class RouteTable:
         self.rules = tuple(compile_rule(i, r) for i, r in enumerate(spec.rules))
 
     def match(self, request):
-        """The first CompiledRule fitting an http1.Request, or None (answer 404 or pass through,
+        """The first CompiledRule fitting an h1.Request, or None (answer 404 or pass through,
         the caller's choice)."""
         host = request_host(request)
         path = request_path(request)
@@ -310,7 +310,7 @@ class Fault:
 @dataclass(frozen=True)
 class FaultInjection:
     """Delay and abort a percentage (0-100, fractions allowed) of requests; built from a
-    RouteRule's Fault (compile_fault), or given per service in http_proxy.ServicePolicy."""
+    RouteRule's Fault (compile_fault), or given per service in proxy.ServicePolicy."""
     delay_ms: int = 0
     delay_percent: float = 0.0
     abort_status: int = 503
@@ -367,7 +367,7 @@ def local_reply(status: int, body_text: str, reason: str, close: bool = None, he
 
 
 def error_reply(error, head: bool = False) -> bytes:
-    """The answer to an http1.HttpError from the request parser (always closes)."""
+    """The answer to an h1.HttpError from the request parser (always closes)."""
     reason = BAD_REQUEST if error.status == 400 else f"http_{error.status}"
     if error.status == 502:
         reason = UPSTREAM_ERROR
