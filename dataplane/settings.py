@@ -35,7 +35,6 @@ INBOUND_SOURCE = "127.0.0.6"  # source of connections the forwarder makes into a
 FORWARDER_MARK = 0x6777  # SO_MARK on every forwarder socket; connect4 leaves these alone
 
 LOCAL_NODE = "local"
-BPFFS = "/sys/fs/bpf"
 PIN_ROOT = "/sys/fs/bpf/glasswing"
 
 CONNECT_TIMEOUT = 3.0  # seconds to reach an endpoint or a peer forwarder

@@ -42,7 +42,6 @@ COUNTERS = ("queries", "answered", "nodata", "nxdomain", "refused", "formerr", "
             "notimp", "badvers", "dropped")
 KINDS = ("found", "nxdomain", "nodata", "outside")
 MESH_TYPES = (codec.TYPE_A, codec.TYPE_ANY)
-UPSTREAM_BUFFER = 65535
 
 
 def _default_socket_factory(upstream):

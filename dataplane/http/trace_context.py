@@ -113,11 +113,6 @@ def ensure_trace(headers, rng) -> TraceHeaders:
     return TraceHeaders(tuple(out), parsed, request_id, started)
 
 
-def ensure_trace_headers(headers, rng) -> tuple:
-    """ensure_trace(headers, rng).headers."""
-    return ensure_trace(headers, rng).headers
-
-
 def new_trace_id(rng) -> str:
     """A trace id for a stream the mesh starts: 32 lowercase hex digits, never all zero.
     From a random.Random seeded once from os.urandom: unpredictable enough to correlate
