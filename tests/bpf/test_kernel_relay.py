@@ -26,9 +26,10 @@ from dataplane.kernel import syscalls as bpf_sys
 from dataplane.kernel import relay_gate as kernel_relay
 from dataplane.kernel.programs import KR_RING_BYTES, Programs
 from dataplane.relay.engine import twins
-from tests.conftest import need_root_and_bpf
-from tests.unit.test_engine import carries_exactly, hand_over, wait_done
-from tests.unit.test_relay import TIMEOUT, payload, read_all, relay_pair, writer
+from tests.support.engine import carries_exactly, hand_over, wait_done
+from tests.support.need import need_root_and_bpf
+from tests.support.sockets import payload, read_all, relay_pair, writer
+from tests.support.wait import TIMEOUT
 
 PIN = "/sys/fs/bpf/glasswing/krtest"
 KERNEL = kernel_relay.supported()  # else mode kernel runs as the engine alone

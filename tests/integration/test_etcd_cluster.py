@@ -9,18 +9,16 @@ as unavailable, and resync when it returns.
 """
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
 from lab.etcd_server import EtcdServer, etcd_binary
 from lab.cluster import Lab
-from tests import leaks
+from tests.support import leaks
 
-from .conftest import client, start_peers
+from tests.support.mesh import GLASSWING, client, start_peers
 
-GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 
 
 @pytest.fixture(scope="module")

@@ -33,11 +33,10 @@ import pytest
 
 from lab.cluster import Lab
 from lab.bench.http_peers import nginx_argv
-from tests import leaks
-from tests.conftest import need_tools
+from tests.support import leaks
+from tests.support.mesh import PEERS, glasswing, wait_listening
+from tests.support.need import need_tools
 
-from .conftest import PEERS, wait_listening
-from .test_traffic_policy import glasswing
 
 H_PODS = ("h1", "h2", "h3")
 PG_BIN = "/usr/lib/postgresql/{}/bin"

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from lab.cluster import Lab
-from tests import leaks
+from tests.support import leaks
 
-from .conftest import client, start_peers
+from tests.support.mesh import client, start_peers
 
 
 @pytest.fixture

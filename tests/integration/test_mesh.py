@@ -10,7 +10,7 @@ import pytest
 from dataplane.relay import modes as relay_modes
 from dataplane.tunnel import codec as tc
 
-from .conftest import client
+from tests.support.mesh import client
 
 
 def curl(lab, url, pod="client"):

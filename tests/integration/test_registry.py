@@ -13,11 +13,10 @@ import pytest
 
 from lab.cluster import Lab
 from dataplane.settings import LEASE_TTL
-from tests import leaks
+from tests.support import leaks
 
-from .conftest import PEERS, client, start_peers
+from tests.support.mesh import GLASSWING, PEERS, client, start_peers
 
-GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 
 
 @pytest.fixture(scope="module")

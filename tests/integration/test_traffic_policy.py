@@ -11,7 +11,6 @@ balancers at work. Counts come from the forwarders' stats (`status`).
       capped -> e2 (through the tunnel)   duo -> e1 e2
 """
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,11 +18,10 @@ import time
 import pytest
 
 from lab.cluster import Lab
-from tests import leaks
+from tests.support import leaks
 
-from .conftest import PEERS, wait_listening
+from tests.support.mesh import PEERS, glasswing, wait_listening
 
-GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 ENDPOINTS = ("e1", "e2", "e3")
 
 
@@ -68,13 +66,6 @@ def pol(kernel_before):
     finally:
         lab.release()
         leaks.assert_clean(kernel_before, leaks.snapshot())
-
-
-def glasswing(lab, *args, stdin=None):
-    r = subprocess.run([GLASSWING, *args], input=stdin, env=lab.env, capture_output=True, text=True,
-                       timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def apply_policy(lab, name, spec: str):

@@ -8,9 +8,7 @@ joins B and C. The test writes into A and D from threads and reads the other end
 """
 import asyncio
 import errno
-import hashlib
 import os
-import select
 import socket
 import threading
 import time
@@ -20,18 +18,15 @@ import pytest
 from dataplane.relay import engine as chooser
 from dataplane.relay.engine_relays import EngineRelays
 
-from .test_pump import REQUIRE_ALL
-from .test_relay import TIMEOUT, crossing, payload, read_all, relay_pair, writer
+from tests.support import need
+from tests.support.engine import carries_exactly, counted, hand_over, wait_done
+from tests.support.sockets import payload, read_all, relay_pair, writer
+from tests.support.wait import TIMEOUT
+
 
 @pytest.fixture(params=["c", "python"])
 def twin(request):
-    engines = chooser.twins()
-    if request.param not in engines:
-        msg = "relay engine in C not built (setup.py build_ext --inplace)"
-        if REQUIRE_ALL:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return engines[request.param]
+    return need.twin(chooser.twins(), request.param, "relay engine")
 
 
 @pytest.fixture
@@ -39,30 +34,6 @@ def engine(twin):
     e = twin()
     yield e
     e.close()
-
-
-def hand_over(e, b, c, **kw):
-    return e.add(b.detach(), c.detach(), **kw)
-
-
-def wait_done(e, n=1, timeout=TIMEOUT):
-    """The next n ended connections."""
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < n:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {len(out)} of {n} connections ended"
-        select.select([e.fileno()], [], [], left)
-        out += e.done()
-    return out
-
-
-def counted(e, cid, want, timeout=5.0):
-    """The engine's counters reach want: it counts after its write returns, which can be
-    after the peer has read the bytes."""
-    deadline = time.monotonic() + timeout
-    while e.bytes(cid) != want and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return e.bytes(cid) == want
 
 
 def is_closed(fd):
@@ -79,26 +50,6 @@ def is_closed(fd):
 def test_bytes_arrive_exactly_both_ways_with_half_close(engine, mode, size_ab, size_dc):
     cid = carries_exactly(engine, mode, size_ab, size_dc)
     assert len(engine) == 0 and engine.bytes(cid) is None
-
-
-def carries_exactly(engine, mode, size_ab, size_dc) -> int:
-    """Random payloads both ways through one connection in mode, with half-close; asserts
-    they arrive byte for byte and the end reports them; returns the connection's id."""
-    a, b, c, d = relay_pair()
-    ab, dc = payload(1, size_ab), payload(2, size_dc)
-    cid = hand_over(engine, b, c, mode=mode)
-    threads, got = crossing(a, d, ab, dc)
-    for t in threads:
-        t.start()
-    ended = wait_done(engine)
-    for t in threads:
-        t.join(TIMEOUT)
-    a.close()
-    d.close()
-    assert hashlib.sha256(got["ab"]).digest() == hashlib.sha256(ab).digest() and len(got["ab"]) == size_ab
-    assert got["dc"] == dc
-    assert ended == [(cid, 0, size_ab, size_dc)]
-    return cid
 
 
 @pytest.mark.parametrize("mode", ["auto", "splice", "copy"])

@@ -17,7 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 
@@ -25,41 +24,18 @@ import pytest
 
 from dataplane.relay import pump as chooser
 
-REQUIRE_ALL = os.environ.get("GLASSWING_REQUIRE_ALL") == "1"
-TIMEOUT = 30.0  # generous deadline for anything that should finish; never a pass/fail timing
-
-
-def _twin(name):
-    mods = chooser.twins()
-    if name not in mods:
-        msg = f"pump twin {name!r} not available (build: setup.py build_ext --inplace)"
-        if REQUIRE_ALL:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return mods[name]
+from tests.support import need
+from tests.support.need import REQUIRE_ALL
+from tests.support.sockets import readable_bytes, tcp_pair
+from tests.support.wait import TIMEOUT, wait_until
 
 
 @pytest.fixture(params=["cython", "python"])
 def twin(request):
-    return _twin(request.param)
+    return need.twin(chooser.twins(), request.param, "pump")
 
 
 # --- sockets ---------------------------------------------------------------------------------
-
-def tcp_pair(rcvbuf=None):
-    """(client, server) connected over 127.0.0.1; rcvbuf sets the server side's SO_RCVBUF."""
-    ls = socket.socket()
-    try:
-        if rcvbuf:  # set before accept() so the accepted socket inherits it (and its window)
-            ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        ls.bind(("127.0.0.1", 0))
-        ls.listen(1)
-        a = socket.create_connection(ls.getsockname())
-        b, _ = ls.accept()
-    finally:
-        ls.close()
-    return a, b
-
 
 @pytest.fixture
 def conns():
@@ -85,18 +61,6 @@ def conns():
     yield make
     for s in socks:
         s.close()
-
-
-def readable_bytes(s):
-    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
-def wait_until(cond, what):
-    deadline = time.monotonic() + TIMEOUT
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 def wait_poll(s, mask, what):
@@ -359,7 +323,7 @@ def test_budget_bound_includes_initial_flush(twin, conns):
                                   daemon=True)
         writer.start()
         budget = 20_000
-        wait_until(lambda: readable_bytes(b) >= 2 * budget, "data at b")
+        wait_until(lambda: readable_bytes(b) >= 2 * budget, what="data at b", interval=0.001)
         moved, pending, status = relay.step(budget=budget)
         assert moved <= len(prefix) + budget
         assert moved + pending - len(prefix) <= budget
@@ -380,7 +344,7 @@ def test_budget_zero_only_flushes(twin, conns):
     relay = Relay(twin, b, c)
     try:
         a.sendall(b"x" * 1000)
-        wait_until(lambda: readable_bytes(b) == 1000, "data at b")
+        wait_until(lambda: readable_bytes(b) == 1000, what="data at b", interval=0.001)
         os.write(relay.w, b"y" * 10)
         relay.pending = 10
         assert relay.step(budget=0) == (10, 0, 0)
@@ -398,7 +362,7 @@ def test_reset_destination_raises(twin, conns):
         d.close()  # RST to c
         wait_poll(c, select.POLLERR | select.POLLHUP, "RST on c")
         a.sendall(b"z" * 1000)
-        wait_until(lambda: readable_bytes(b) == 1000, "data at b")
+        wait_until(lambda: readable_bytes(b) == 1000, what="data at b", interval=0.001)
         with pytest.raises(OSError) as ei:
             relay.step()
         assert ei.value.errno in (errno.ECONNRESET, errno.EPIPE)
@@ -458,7 +422,7 @@ def _scenario(mod):
         call(1000, 0)                  # flush pending into an idle socket, budget 0
         call(0, 1 << 20)               # nothing at src
         a.sendall(b"s" * 5000)
-        wait_until(lambda: readable_bytes(b) == 5000, "data at b")
+        wait_until(lambda: readable_bytes(b) == 5000, what="data at b", interval=0.001)
         call(0, 2000)                  # budget hit, src still readable
         call(0, 1 << 20)               # the rest, then EAGAIN
         a.shutdown(socket.SHUT_WR)
@@ -490,8 +454,8 @@ def _scenario(mod):
 
 def test_twins_give_identical_sequences():
     names = ["cython", "python"] if REQUIRE_ALL else list(chooser.twins())
-    seqs = {name: _scenario(_twin(name)) for name in names}
-    m = _twin(names[0])
+    seqs = {name: _scenario(need.twin(chooser.twins(), name, "pump")) for name in names}
+    m = need.twin(chooser.twins(), names[0], "pump")
     expected = [
         (1000, 0, 0),
         (0, 0, m.SRC_DRAINED),
@@ -510,7 +474,7 @@ def test_twins_give_identical_sequences():
 def test_twins_raise_identically_on_reset(conns):
     errs = {}
     for name in (["cython", "python"] if REQUIRE_ALL else list(chooser.twins())):
-        mod = _twin(name)
+        mod = need.twin(chooser.twins(), name, "pump")
         a, b, c, d = conns()
         d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         d.close()

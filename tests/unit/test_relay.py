@@ -8,7 +8,6 @@ other end. Movers: splice over each pump twin (Cython and Python) and the plain 
 import asyncio
 import fcntl
 import hashlib
-import random
 import select
 import socket
 import struct
@@ -25,16 +24,16 @@ from dataplane.relay import pump_py
 from dataplane.relay.poller import Poller
 from dataplane.relay.relay import Relay
 
-from .test_pump import _twin, tcp_pair
-
-TIMEOUT = 30.0
+from tests.support import need
+from tests.support.sockets import chunks_of, crossing, payload, read_all, relay_pair, tcp_pair, writer
+from tests.support.wait import TIMEOUT
 
 
 @pytest.fixture(params=["splice-cython", "splice-python", "copy-cython", "copy-python",
                         "auto-cython", "auto-python"])
 def mode(request, monkeypatch):
     mode, twin = request.param.split("-")
-    twin = _twin(twin)
+    twin = need.twin(chooser.twins(), twin, "pump")
     monkeypatch.setattr(movers._pump, "pump", twin.pump)
     monkeypatch.setattr(movers._pump, "copy", twin.copy)
     return mode
@@ -48,37 +47,6 @@ def pool(monkeypatch):
     p.close()
 
 
-def payload(seed, size):
-    return random.Random(seed).randbytes(size)
-
-
-def writer(sock, chunks, shut=True):
-    for c in chunks:
-        sock.sendall(c)
-    if shut:
-        sock.shutdown(socket.SHUT_WR)
-
-
-def read_all(sock) -> bytes:
-    out = bytearray()
-    while True:
-        b = sock.recv(1 << 16)
-        if not b:
-            return bytes(out)
-        out += b
-
-
-def relay_pair():
-    """(a, b, c, d): the relay gets b and c (non-blocking), the test keeps a and d."""
-    a, b = tcp_pair()
-    c, d = tcp_pair()
-    for s in (b, c):
-        s.setblocking(False)
-    for s in (a, d):
-        s.settimeout(TIMEOUT)
-    return a, b, c, d
-
-
 async def run_relay(mode, b, c, **kw):
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -88,32 +56,6 @@ async def run_relay(mode, b, c, **kw):
               on_close=lambda r: done.done() or done.set_result(r), **kw)
     r.start()
     return r, done
-
-
-def chunks_of(data, seed):
-    rng = random.Random(seed)
-    out, i = [], 0
-    while i < len(data):
-        n = rng.choice([1, 7, 100, 1460, 4096, 65536, 300_000])
-        out.append(data[i:i + n])
-        i += n
-    return out
-
-
-def crossing(a, d, ab, dc):
-    """Two threads, not started: one writes ab into a (random chunks, then half-close) and
-    reads d to EOF, the other the same with dc from d to a. got["ab"] and got["dc"] hold what
-    came out once they are joined."""
-    got = {}
-
-    def side(name, src, dst, data, seed):
-        t = threading.Thread(target=writer, args=(src, chunks_of(data, seed)))
-        t.start()
-        got[name] = read_all(dst)
-        t.join()
-
-    return [threading.Thread(target=side, args=("ab", a, d, ab, 3)),
-            threading.Thread(target=side, args=("dc", d, a, dc, 4))], got
 
 
 @pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
