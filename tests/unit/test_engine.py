@@ -11,7 +11,6 @@ import errno
 import os
 import socket
 import threading
-import time
 
 import pytest
 

@@ -26,7 +26,7 @@ from dataplane.relay.relay import Relay
 
 from tests.support import need
 from tests.support.sockets import chunks_of, crossing, payload, read_all, relay_pair, tcp_pair, writer
-from tests.support.wait import TIMEOUT
+from tests.support.wait import TIMEOUT, wait_until, wait_until_async
 
 
 @pytest.fixture(params=["splice-cython", "splice-python", "copy-cython", "copy-python",
@@ -116,20 +116,21 @@ def test_idle_connections_hold_no_pipe_and_a_stalled_reader_bounds_the_relay(mod
 
     async def main():
         r, done = await run_relay(mode, b, c)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the input: 50 ms idle, and an idle relay takes no pipe
         idle_lent = pool.lent
-        sent = 0
-        chunk = b"x" * 65536
-        for _ in range(2000):  # far beyond every buffer on the way: must block
+        sent, seen, chunk = 0, [], b"x" * 65536
+
+        def writer_blocked():  # A sends until it blocks; the relay runs between polls
+            nonlocal sent
             try:
-                sent += a.send(chunk)
-            except BlockingIOError:
-                await asyncio.sleep(0.05)
-                try:
+                while sent < 2000 * 65536:  # far beyond every buffer on the way: must block
                     sent += a.send(chunk)
-                except BlockingIOError:
-                    break
-            await asyncio.sleep(0)
+            except BlockingIOError:
+                pass
+            seen.append(sent)
+            return len(seen) > 1 and seen[-1] == seen[-2]
+
+        await wait_until_async(writer_blocked, what="A blocked for good", interval=0.05)
         stalled_pending = r.dirs[0].mover.pending
         a.setblocking(True)
         a.shutdown(socket.SHUT_WR)
@@ -222,9 +223,8 @@ def test_a_pipe_that_failed_mid_transfer_never_reaches_another_connection(pool):
         d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
         c.sendall(b"unread")  # d closes with unread bytes: a reset
         d.close()
-        deadline = time.monotonic() + TIMEOUT
-        while c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 and not select.select([c], [], [], 0.01)[0]:
-            assert time.monotonic() < deadline
+        wait_until(lambda: c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or select.select([c], [], [], 0)[0],
+                   what="the reset at c")
         a.sendall(b"stale" * 1000)
         select.select([b], [], [], TIMEOUT)
         m = movers.SpliceMover()
