@@ -111,7 +111,7 @@ def start(loop_thread):
     async def close_all():
         for resolver, _ in made:
             resolver.close()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the transports finish closing
 
     loop_thread.run(close_all())
 
