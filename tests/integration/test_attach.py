@@ -11,7 +11,6 @@ import pytest
 from dataplane.host import cgroups
 from lab.cluster import Lab
 from tests.support import leaks
-
 from tests.support.mesh import GLASSWING, PEERS, start_peers
 
 

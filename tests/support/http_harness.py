@@ -206,7 +206,7 @@ class Proxy:
             srv = _SERVERS.pop()
             srv.srv.close()
             await srv.srv.wait_closed()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the closed transports finish
 
 
 _CLIENTS = []  # closed by Proxy.stop
@@ -237,7 +237,7 @@ class Client:
             if ev is h.NEED_DATA:
                 data = await self.reader.read(chunk)
                 if pause:
-                    await asyncio.sleep(pause)
+                    await asyncio.sleep(pause)  # a slow reader, on request
                 p.receive_data(data)
             elif isinstance(ev, h.InformationalResponse):
                 info.append(ev)

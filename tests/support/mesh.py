@@ -44,3 +44,11 @@ def glasswing(lab, *args, stdin=None):
                        timeout=30)
     assert r.returncode == 0, r.stderr
     return r.stdout
+
+
+def wait_synced(lab, timeout=10.0):
+    """Every forwarder lab started has reconciled the store as it is now (its status shows
+    the store's revision or a later one)."""
+    rev = lab.doc["revision"]
+    wait_until(lambda: all(lab.ctl(n).status().get("revision", -1) >= rev for n in lab.nodes_up),
+               timeout, f"the forwarders at store revision {rev}", 0.05)
