@@ -262,6 +262,9 @@ def test_auto_copies_small_messages_and_splices_bulk(pool):
         assert d.recv(16) == b"small"
         big = payload(8, 1 << 20)
         threading.Thread(target=a.sendall, args=(big,), daemon=True).start()
+        # The first readiness must see bulk: a loop faster than the writer could otherwise
+        # take each 64 KiB loopback segment (65483 bytes, just under BULK) on its own.
+        wait_until(lambda: readable_bytes(b) >= movers.AutoMover.BULK, what="bulk queued at b")
         got = bytearray()
         deadline = time.monotonic() + TIMEOUT
         while len(got) < len(big):
