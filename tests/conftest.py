@@ -1,37 +1,28 @@
-"""Shared test plumbing.
+"""Shared test plumbing: hooks and fixtures only (helpers live in tests/support).
 
 Tiers: unit/ (no root), bpf/ (root + bcc), integration/ (real namespaces,
 processes and peers). With GLASSWING_REQUIRE_ALL=1 (CI), a skipped test is a
 failure: a tier that silently skips proves nothing.
-"""
-import os
-import shutil
 
+Hypothesis runs derandomized (the examples follow from each test's source) and
+keeps no example database, so a fresh clone and every later run try the same
+examples and nothing is written into the tree; no deadline, as a deadline is a
+wall-clock assertion.
+"""
 import pytest
+from hypothesis import settings
+
+from tests.support.need import REQUIRE_ALL
+
+settings.register_profile("glasswing", derandomize=True, database=None, deadline=None)
+settings.load_profile("glasswing")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    if os.environ.get("GLASSWING_REQUIRE_ALL") == "1" and rep.skipped and not hasattr(rep, "wasxfail"):
+    if REQUIRE_ALL and rep.skipped and not hasattr(rep, "wasxfail"):
         rep.outcome = "failed"
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.longrepr = f"skipped, but GLASSWING_REQUIRE_ALL=1 forbids skips: {reason}"
-
-
-def need_root_and_bpf():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    try:
-        import bcc  # noqa: F401 - importable is the check
-    except ImportError:
-        pytest.skip("needs bcc (python3-bpfcc)")
-    if not os.path.ismount("/sys/fs/bpf"):
-        pytest.skip("needs bpffs at /sys/fs/bpf")
-
-
-def need_tools(*tools):
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")

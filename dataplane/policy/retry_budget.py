@@ -9,6 +9,11 @@ Over a sliding window of ttl seconds:
   allowed retries = min_per_second * ttl + ratio * requests in the window
 A retry is allowed (and counted) when, counting it, the retries in the window
 stay within that: the allowance is rounded down, 3.9 allows 3.
+The bound holds as each retry is admitted, not for every later window: retries
+keep counting after the requests that earned them have left, so a window may
+then hold more retries than its own requests allow, and it admits no retry
+until it is back within (as in tower's budget, and by design: a budget cannot
+take back a retry already sent).
 min_per_second keeps a trickle of retries possible for a service
 with little traffic, where one failed request would otherwise get no retry.
 

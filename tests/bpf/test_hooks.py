@@ -26,7 +26,7 @@ from dataplane.kernel.map_sync import MapState, ServiceIds, desired
 from dataplane.kernel.structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue
 from dataplane.store.catalog import Catalog
 from lab.cluster import pod_preexec
-from tests.conftest import need_root_and_bpf
+from tests.support.need import need_root_and_bpf
 
 VIP, PORT = "198.19.77.7", 80
 

@@ -14,10 +14,10 @@ import ctypes
 import errno
 import hashlib
 import json
+import select
 import socket
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -27,9 +27,10 @@ from dataplane.kernel import relay_gate as kernel_relay
 from dataplane.kernel.programs import Programs
 from dataplane.kernel.structs import KrState
 from dataplane.relay.engine import twins
-from tests.conftest import need_root_and_bpf
-from tests.unit.test_engine import carries_exactly, hand_over, wait_done
-from tests.unit.test_relay import TIMEOUT, payload, read_all, relay_pair, writer
+from tests.support.engine import carries_exactly, hand_over, wait_done
+from tests.support.need import need_root_and_bpf
+from tests.support.sockets import payload, read_all, readable_bytes, relay_pair, writer
+from tests.support.wait import TIMEOUT, wait_until
 
 PIN = "/sys/fs/bpf/glasswing/krtest"
 KERNEL = kernel_relay.supported()  # else mode kernel runs as the engine alone
@@ -47,10 +48,8 @@ def programs():
     finally:
         progs.close()
         bpf_maps.unpin_all(PIN)
-    deadline = time.monotonic() + 5  # freed after an RCU grace period
-    while set(loaded_ids()) & ids and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not set(loaded_ids()) & ids, "the kernel relay outlived its owner"
+    wait_until(lambda: not set(loaded_ids()) & ids, 5,  # freed after an RCU grace period
+               "the kernel relay to go with its owner", 0.05)
 
 
 def our_ids(progs) -> set:
@@ -180,13 +179,20 @@ def test_bytes_and_fin_before_the_hand_over_get_through(engine):
     a.sendall(b"early request")
     a.shutdown(socket.SHUT_WR)
     d.sendall(b"server speaks first")
-    time.sleep(0.05)  # both FIN and bytes wait in B's and C's receive queues
+    wait_until(lambda: readable_bytes(b) == 13 and fin_waiting(b) and readable_bytes(c) == 19,
+               what="both FIN and bytes in B's and C's receive queues")
     cid = hand_over(engine, b, c, mode="kernel", to_b=b"read ahead:")
     assert read_all(d) == b"read ahead:early request"
     assert a.recv(100) == b"server speaks first"
     d.shutdown(socket.SHUT_WR)
     assert read_all(a) == b""
     assert wait_done(engine) == [(cid, 0, 24, 19)]
+
+
+def fin_waiting(s) -> bool:
+    p = select.poll()
+    p.register(s, select.POLLRDHUP)
+    return bool(p.poll(0))
 
 
 def test_a_reset_on_one_side_resets_the_other(engine):

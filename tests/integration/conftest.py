@@ -9,49 +9,12 @@ when tests fail:
               dead-far 7100 -> web2:7100 (nothing listens),
               socklb 7000 -> web1, web2 (picked in connect4, no forwarder)
 """
-import json
-import os
-import sys
-import time
-
 import pytest
 
 from lab.cluster import Lab
-from tests.conftest import need_root_and_bpf, need_tools
-from tests import leaks
-
-PEERS = os.path.join(os.path.dirname(__file__), "peers.py")
-
-
-def wait_listening(lab, pod, ip, port, timeout=10.0):
-    probe = f"import socket; socket.create_connection(('{ip}', {port}), 1).close()"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if lab.run(pod, [sys.executable, "-c", probe]).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{ip}:{port} in {pod} never listened")
-
-
-def start_peers(lab, pods, probe_from, iperf=False):
-    """In each pod: peers.py serve (HTTP 8080, TCP 7000) and, with iperf,
-    iperf3 -s on 5201; returns once all of them accept connections."""
-    doc = lab.doc
-    for name in pods:
-        ip = doc["pods"][name]["ip"]
-        lab.spawn(name, [sys.executable, PEERS, "serve", name])
-        ports = [8080, 7000]
-        if iperf:
-            lab.spawn(name, ["iperf3", "-s", "-B", ip, "-p", "5201"])
-            ports.append(5201)
-        for port in ports:
-            wait_listening(lab, probe_from, ip, port)
-
-
-def client(lab, ip, port, size=0, pod="client"):
-    r = lab.run(pod, [sys.executable, PEERS, "client", ip, str(port), str(size)], timeout=60)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+from tests.support import leaks
+from tests.support.mesh import start_peers
+from tests.support.need import need_root_and_bpf, need_tools
 
 
 @pytest.fixture(scope="session")

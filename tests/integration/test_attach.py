@@ -10,11 +10,9 @@ import pytest
 
 from dataplane.host import cgroups
 from lab.cluster import Lab
-from tests import leaks
+from tests.support import leaks
+from tests.support.mesh import GLASSWING, PEERS, start_peers
 
-from .conftest import PEERS, start_peers
-
-GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 
 
 @pytest.fixture

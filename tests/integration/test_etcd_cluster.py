@@ -9,18 +9,15 @@ as unavailable, and resync when it returns.
 """
 import os
 import subprocess
-import sys
-import time
 
 import pytest
 
 from lab.etcd_server import EtcdServer, etcd_binary
 from lab.cluster import Lab
-from tests import leaks
+from tests.support import leaks
+from tests.support.mesh import GLASSWING, client, start_peers
+from tests.support.wait import wait_until
 
-from .conftest import client, start_peers
-
-GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +43,15 @@ def cluster(kernel_before):
     leaks.assert_clean(kernel_before, leaks.snapshot())
 
 
+def only(lab, pod, target, want, n=9) -> bool:
+    """n connections in a row all reach one of want (a failed one counts as not)."""
+    for _ in range(n):
+        r = client(lab, target, 7000, size=100, pod=pod)
+        if r.get("error") is not None or not r.get("greeting") or r["greeting"][0] not in want:
+            return False
+    return True
+
+
 def greetings(lab, pod, target, n=9):
     out = set()
     for _ in range(n):
@@ -63,37 +69,27 @@ def test_every_pod_reaches_every_node_by_name(cluster):
 def test_etcd_restart_keeps_traffic_flowing_and_resyncs(cluster):
     cluster.etcd.stop()
     try:
-        deadline = time.monotonic() + 10
-        while cluster.ctl("n1").status().get("store") != "unavailable":
-            assert time.monotonic() < deadline, "forwarder did not notice etcd going away"
-            time.sleep(0.2)
+        wait_until(lambda: cluster.ctl("n1").status().get("store") == "unavailable", 10,
+                   "the forwarder to notice etcd going away", 0.2)
         assert greetings(cluster, "c2", "web", n=6) == {"w1", "w2", "w3"}  # the last good config
     finally:
         cluster.etcd.start()
-    deadline = time.monotonic() + 15
-    while any(cluster.ctl(f"n{i}").status().get("store") != "ok" for i in (1, 2, 3)):
-        assert time.monotonic() < deadline, "forwarders did not resync"
-        time.sleep(0.2)
+    wait_until(lambda: all(cluster.ctl(f"n{i}").status().get("store") == "ok" for i in (1, 2, 3)), 15,
+               "the forwarders to resync", 0.2)
     r = subprocess.run([GLASSWING, "apply", "-f", "-"], env=cluster.env, capture_output=True, text=True,
                        input="apiVersion: glasswing.dev/v1\nkind: Service\nmetadata: {name: only3}\n"
                              "spec:\n  ports: [{port: 7000}]\n  endpoints: [{pod: w3}]\n", timeout=30)
     assert r.returncode == 0, r.stderr
-    deadline = time.monotonic() + 3
-    while True:
-        r = client(cluster, "only3", 7000, pod="c1")
-        if r.get("greeting") == ["w3", "127.0.0.6"]:
-            break
-        assert time.monotonic() < deadline, r
-        time.sleep(0.1)
+    wait_until(lambda: client(cluster, "only3", 7000, pod="c1").get("greeting") == ["w3", "127.0.0.6"], 3,
+               "only3 to reach w3", 0.1)
 
 
 def test_dead_nodes_endpoints_leave_etcd_with_its_lease(cluster):
     from dataplane.settings import LEASE_TTL
     os.kill(cluster.ctl("n3").forwarder_pid(), 9)
-    deadline = time.monotonic() + LEASE_TTL + 5
-    while any(e["node"] == "n3" for e in cluster.doc["endpoints"].values()):
-        assert time.monotonic() < deadline, "n3's endpoints outlived its lease in etcd"
-        time.sleep(0.5)
-    time.sleep(1.0)
+    wait_until(lambda: not any(e["node"] == "n3" for e in cluster.doc["endpoints"].values()),
+               LEASE_TTL + 5, "n3's endpoints to leave etcd with its lease", 0.5)
+    wait_until(lambda: only(cluster, "c1", "web", {"w1", "w2"}), 10,
+               "n1's forwarder to send every connection to w1 or w2", 0.2)
     assert greetings(cluster, "c1", "web") == {"w1", "w2"}
     cluster.ctl("n3").up()

@@ -33,11 +33,10 @@ import pytest
 
 from lab.cluster import Lab
 from lab.bench.http_peers import nginx_argv
-from tests import leaks
-from tests.conftest import need_tools
+from tests.support import leaks
+from tests.support.mesh import PEERS, glasswing, wait_listening, wait_synced
+from tests.support.need import need_tools
 
-from .conftest import PEERS, wait_listening
-from .test_traffic_policy import glasswing
 
 H_PODS = ("h1", "h2", "h3")
 PG_BIN = "/usr/lib/postgresql/{}/bin"
@@ -125,7 +124,7 @@ def peer(lab, *args, timeout=120, input=None):
 def apply(lab, kind, name, spec):
     glasswing(lab, "apply", "-f", "-",
               stdin=f"apiVersion: glasswing.dev/v1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n")
-    time.sleep(1.0)  # the forwarders follow the store within a watch round
+    wait_synced(lab)
 
 
 def http_status(lab, node="n1"):
@@ -205,7 +204,7 @@ def test_killing_one_of_three_endpoints_loses_no_request(hm):
                                 "on: [connect-failure, reset, 5xx]}}]}")
     proc = hm.spawn("client", [sys.executable, PEERS, "gets", hm.vips["nginx"], "80", "1500", "/", "2"],
                     stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the input: the requests under way when h3 dies
     victim = hm.nginx.pop("h3")
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(10)
@@ -261,14 +260,14 @@ def test_slow_endpoint_is_ejected_and_comes_back(hm):
         assert 2 <= timeouts <= 4, timeouts  # ejected after 2 timeouts, not tried again (10 else)
     finally:
         curl(hm, "-X", "POST", f"http://{hm.ips['h3']}:8080/delay?ms=0")
-    time.sleep(4.5)  # the ejection runs out
+    time.sleep(4.5)  # the input: the ejection's time runs out (requests would feed it)
     res = peer(hm, "gets", hm.vips["slow"], 80, 30)
     assert res["statuses"] == {"200": 30} and res["pods"].get("h3", 0) >= 5, res
 
 
 def test_rate_limit_answers_429_past_the_burst(hm):
     apply(hm, "TrafficPolicy", "limited", "{service: limited, rateLimit: {tokensPerSecond: 1, burst: 5}}")
-    time.sleep(5)  # a full bucket
+    time.sleep(5)  # the input: time for a full bucket
     t0 = time.monotonic()
     res = peer(hm, "gets", hm.vips["limited"], 80, 12)
     took = time.monotonic() - t0

@@ -25,6 +25,7 @@ from dataplane.store.kv_etcd import EtcdKV, prefix_range
 from dataplane.store.kv_file import EVENT_LOG, FileKV, TMP_PREFIX as FILE_TMP_PREFIX
 from dataplane.store.kv_open import open_kv
 from lab.etcd_server import TMP_PREFIX, EtcdServer, etcd_binary
+from tests.support.wait import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LEASE_TTL = 2
@@ -105,15 +106,6 @@ def forget_history(kv) -> int:
 
 def put(kv, key, value=b"v", lease=0):
     return kv.commit(Txn(puts={key: (value, lease)}))
-
-
-def wait_until(pred, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 # --- basics ----------------------------------------------------------------
@@ -228,7 +220,7 @@ from dataplane.store.kv_open import open_kv
 kv = open_kv(sys.argv[1])
 key, start = sys.argv[2], float(sys.argv[3])
 while time.time() < start:
-    time.sleep(0.005)
+    time.sleep(0.005)  # every writer starts at the same moment
 done = conflicts = 0
 while done < 25:
     cur = kv.get(key)
@@ -270,7 +262,7 @@ def test_lease_expires_without_keepalive(kv):
     assert kv.get("/l/k").lease == lease
     put(kv, "/l/plain")
     granted = time.monotonic()
-    assert wait_until(lambda: kv.get("/l/k") is None, LEASE_TTL + EXPIRY_GRACE)
+    wait_until(lambda: kv.get("/l/k") is None, LEASE_TTL + EXPIRY_GRACE, "the key to leave with its lease", 0.1)
     assert time.monotonic() - granted > LEASE_TTL - 0.5
     assert [i.key for i in kv.range("/l/")[0]] == ["/l/plain"]
     assert kv.keepalive(lease) == 0
@@ -283,7 +275,7 @@ def test_lease_kept_alive_stays_then_revoke(kv):
     while time.monotonic() < until:
         assert kv.keepalive(lease) > 0
         assert [i.key for i in kv.range("/l/")[0]] == ["/l/a", "/l/b"]
-        time.sleep(0.5)
+        time.sleep(0.5)  # the input: a keepalive every 0.5 s, for 2.5 TTLs
     kv.revoke(lease)
     assert kv.get("/l/a") is None and kv.range("/l/")[0] == []
     assert kv.keepalive(lease) == 0
@@ -292,7 +284,7 @@ def test_lease_kept_alive_stays_then_revoke(kv):
 
 def test_lease_puts_after_expiry_are_refused(kv):
     lease = kv.grant(LEASE_TTL)
-    assert wait_until(lambda: _lease_gone(kv, lease), LEASE_TTL + EXPIRY_GRACE, step=0.25)
+    wait_until(lambda: _lease_gone(kv, lease), LEASE_TTL + EXPIRY_GRACE, "the lease to be gone", 0.25)
     with pytest.raises(GlasswingError) as e:
         put(kv, "/l/late", lease=lease)
     assert "lease" in str(e.value)
@@ -409,7 +401,7 @@ def test_file_writer_killed_mid_write_loses_nothing(file_dir):
         try:
             first = proc.stdout.readline()  # it is committing
             assert first, proc.stderr.read().decode()
-            time.sleep(rng.uniform(0.0, 0.2))
+            time.sleep(rng.uniform(0.0, 0.2))  # the input: killed at a random point of its commits
         finally:
             proc.send_signal(signal.SIGKILL)
             out, _err = proc.communicate()
@@ -439,7 +431,7 @@ def test_file_reader_ignores_expired_lease_before_any_writer(file_dir):
     lease = kv.grant(1)
     put(kv, "/l/k", lease=lease)
     rev = kv.revision()
-    time.sleep(1.2)
+    time.sleep(1.2)  # the input: the 1 s lease expires
     with open(os.path.join(file_dir, "kv.json")) as f:
         assert "/l/k" in json.load(f)["keys"]  # nobody swept it yet...
     assert kv.get("/l/k") is None and kv.range("/l/")[0] == []  # ...but readers hide it

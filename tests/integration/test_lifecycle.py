@@ -9,9 +9,9 @@ import time
 import pytest
 
 from lab.cluster import Lab
-from tests import leaks
-
-from .conftest import client, start_peers
+from tests.support import leaks
+from tests.support.mesh import client, start_peers
+from tests.support.wait import wait_until
 
 
 @pytest.fixture
@@ -39,9 +39,16 @@ def _kill_forwarder(lab, node):
     pid = lab.ctl(node).forwarder_pid()
     assert pid
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: _dead(pid), 5, f"forwarder {pid} to die", 0.05)
+
+
+def _dead(pid) -> bool:
+    """Gone, or a zombie (the forwarder may be our own child, reaped later)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_killed_forwarder_fails_open_and_mesh_resumes(lab):
@@ -70,10 +77,10 @@ def test_established_connections_survive_store_changes(lab):
             "for i in range(30):\n"
             "    s.sendall(b'x' * 1000); got = 0\n"
             "    while got < 1000: got += len(s.recv(1000 - got))\n"
-            "    time.sleep(0.1)\n"
+            "    time.sleep(0.1)  # paced: a stream that lasts 3 s\n"
             "print('ok')\n")
     p = lab.spawn("app", [sys.executable, "-c", code, lab.vip], stdout=-1, stderr=-1)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the input: the stream under way before anything changes
     lab.service("other", ports=["7001"], endpoints=["web2"])
     lab.pod("late", "n1")
     lab.ctl().pod_rm("late")

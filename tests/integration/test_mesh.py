@@ -10,7 +10,7 @@ import pytest
 from dataplane.relay import modes as relay_modes
 from dataplane.tunnel import codec as tc
 
-from .conftest import client
+from tests.support.mesh import client
 
 
 def curl(lab, url, pod="client"):
@@ -126,7 +126,7 @@ def test_slow_preamble_is_cut_off_without_hurting_others(mesh):
     result = {}
     t = threading.Thread(target=lambda: result.update(zip(("ev", "secs"), _tunnel_probe(mesh, "0a", 10))))
     t.start()
-    time.sleep(0.3)
+    time.sleep(0.3)  # the input: the slow preamble's stream opens first
     for _ in range(4):  # meanwhile, real streams through n2 work
         assert client(mesh, mesh.vips["far"], 7000, size=1000)["same"]
     t.join()

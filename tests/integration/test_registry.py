@@ -6,18 +6,15 @@ import json
 import os
 import subprocess
 import sys
-
 import time
 
 import pytest
 
 from lab.cluster import Lab
 from dataplane.settings import LEASE_TTL
-from tests import leaks
-
-from .conftest import PEERS, client, start_peers
-
-GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
+from tests.support import leaks
+from tests.support.mesh import GLASSWING, PEERS, client, start_peers
+from tests.support.wait import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +67,7 @@ def test_service_names_resolve_through_the_forwarder(reg):
 
 def test_changed_endpoints_move_new_connections_within_a_second_streams_go_on(reg):
     iperf = reg.spawn("client", ["iperf3", "-J", "-c", reg.vips["iperf"], "-t", "6"], stdout=subprocess.PIPE)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the input: a stream well under way when the endpoints change
     assert client(reg, reg.vips["moving"], 7000)["greeting"][0] == "web1"
     t0 = time.monotonic()
     apply(reg, "apiVersion: glasswing.dev/v1\nkind: Service\nmetadata: {name: moving}\n"
@@ -94,20 +91,14 @@ def test_health_checks_take_an_endpoint_out_and_back(reg):
         eps = [e for e in reg.doc["endpoints"].values() if e["service"] == "default/checked"]
         return [e["health"] for e in eps]
 
-    deadline = time.monotonic() + 5
-    while health() != ["unhealthy"]:
-        assert time.monotonic() < deadline, health()
-        time.sleep(0.1)
+    wait_until(lambda: health() == ["unhealthy"], 5, "the endpoint marked unhealthy", 0.1)
     vip = next(s["vip"] for s in reg.doc["services"].values() if s["name"] == "checked")
     r = client(reg, vip, 7000)
     assert r.get("error") == "ConnectionResetError" or r.get("greeting") == [], r  # no healthy endpoint
     reg.spawn("spare", [sys.executable, PEERS, "serve", "spare"])
-    deadline = time.monotonic() + 5
-    while health() != ["healthy"]:
-        assert time.monotonic() < deadline, health()
-        time.sleep(0.1)
-    time.sleep(0.3)
-    assert client(reg, vip, 7000, size=10)["greeting"][0] == "spare"
+    wait_until(lambda: health() == ["healthy"], 5, "the endpoint marked healthy again", 0.1)
+    wait_until(lambda: client(reg, vip, 7000, size=10).get("greeting", [])[:1] == ["spare"], 5,
+               "connections to reach the healthy endpoint", 0.1)
 
 
 def test_dead_nodes_endpoints_leave_with_its_lease(reg):
@@ -115,18 +106,13 @@ def test_dead_nodes_endpoints_leave_with_its_lease(reg):
     assert web2
     pid = reg.ctl("n2").forwarder_pid()
     os.kill(pid, 9)
-    deadline = time.monotonic() + LEASE_TTL + 5
-    while any(e["node"] == "n2" for e in reg.doc["endpoints"].values()):
-        assert time.monotonic() < deadline, "n2's endpoints outlived its lease"
-        time.sleep(0.5)
-    time.sleep(1.0)  # n1's forwarder sees the deletions
-    seen = {client(reg, reg.vips["web"], 7000)["greeting"][0] for _ in range(6)}
-    assert seen == {"web1"}
+    wait_until(lambda: not any(e["node"] == "n2" for e in reg.doc["endpoints"].values()),
+               LEASE_TTL + 5, "n2's endpoints to leave with its lease", 0.5)
+    wait_until(lambda: all(client(reg, reg.vips["web"], 7000).get("greeting", [None])[0] == "web1"
+                           for _ in range(6)), 10, "n1's forwarder to send every connection to web1", 0.2)
     reg.ctl("n2").up()
-    deadline = time.monotonic() + 5
-    while not any(e["node"] == "n2" for e in reg.doc["endpoints"].values()):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(lambda: any(e["node"] == "n2" for e in reg.doc["endpoints"].values()), 5,
+               "n2's endpoints back", 0.2)
 
 
 
@@ -173,15 +159,12 @@ def test_names_outside_the_mesh_go_to_the_configured_upstream(reg):
     """MeshSettings.upstreamDns: the forwarder relays other names there (a fake
     resolver in a pod here: nothing leaves the machine)."""
     ip = reg.doc["pods"]["web1"]["ip"]
-    reg.spawn("web1", [sys.executable, "-c", FAKE_UPSTREAM, ip])
-    time.sleep(0.3)
+    reg.spawn("web1", [sys.executable, "-c", FAKE_UPSTREAM, ip])  # polled below: answers once bound
     apply(reg, f"apiVersion: glasswing.dev/v1\nkind: MeshSettings\nmetadata: {{name: mesh}}\n"
                f"spec: {{upstreamDns: '{ip}:5353'}}\n")
     try:
-        deadline = time.monotonic() + 3
-        while resolve(reg, "example.org") != (0, ["198.18.77.77"]):
-            assert time.monotonic() < deadline, resolve(reg, "example.org")
-            time.sleep(0.1)
+        wait_until(lambda: resolve(reg, "example.org") == (0, ["198.18.77.77"]), 5,
+                   "example.org answered by the configured upstream", 0.1)
         assert resolve(reg, "web") == (0, [reg.vips["web"]])  # mesh names still answered by the mesh
         assert reg.ctl("n1").status()["dns"]["forwarded"] >= 1
     finally:

@@ -11,7 +11,6 @@ balancers at work. Counts come from the forwarders' stats (`status`).
       capped -> e2 (through the tunnel)   duo -> e1 e2
 """
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,11 +18,10 @@ import time
 import pytest
 
 from lab.cluster import Lab
-from tests import leaks
+from tests.support import leaks
+from tests.support.mesh import PEERS, glasswing, wait_listening
+from tests.support.wait import wait_until
 
-from .conftest import PEERS, wait_listening
-
-GLASSWING = os.path.join(os.path.dirname(sys.executable), "glasswing")
 ENDPOINTS = ("e1", "e2", "e3")
 
 
@@ -70,13 +68,6 @@ def pol(kernel_before):
         leaks.assert_clean(kernel_before, leaks.snapshot())
 
 
-def glasswing(lab, *args, stdin=None):
-    r = subprocess.run([GLASSWING, *args], input=stdin, env=lab.env, capture_output=True, text=True,
-                       timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
 def apply_policy(lab, name, spec: str):
     glasswing(lab, "apply", "-f", "-", stdin="apiVersion: glasswing.dev/v1\nkind: TrafficPolicy\n"
                                              f"metadata: {{name: {name}}}\nspec: {spec}\n")
@@ -117,15 +108,6 @@ class Holder:
         self.p.wait(10)
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 # ------------------------------------------------------------ resilience
 
 def test_killing_an_endpoint_loses_no_connection(pol):
@@ -135,7 +117,7 @@ def test_killing_an_endpoint_loses_no_connection(pol):
     stream = pol.spawn("client", [sys.executable, PEERS, "stream", pol.vips["trio"], "7000", "4"],
                        stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        time.sleep(1.5)  # the input: the stream under way when e3 goes
         stop_echo(pol, "e3")
         out, _ = stream.communicate(timeout=60)
     finally:
@@ -194,7 +176,7 @@ def test_rate_limit_serves_exactly_the_burst(pol):
         after = stats(pol)
         assert (r["served"], r["reset"], r["other"]) == (5, 15, []), r
         assert delta(before, after, "refused_rate_limit") == 15
-        time.sleep(1.2)
+        time.sleep(1.2)  # the input: time for one token at 1/s
         r = peer(pol, "client", "burst", pol.vips["limited"], 7000, 1)
         assert r["served"] == 1, r
         assert pol.ctl("n1").status()["pid"] == pid
@@ -240,7 +222,7 @@ def test_idle_timeout_closes_idle_connections_only(pol):
         t0 = time.monotonic()
         while time.monotonic() - t0 < 3.5:  # connection 1 stays busy past the timeout
             assert h("ping 1") == {"echo": "ping"}
-            time.sleep(0.3)
+            time.sleep(0.3)  # the input: connection 1 busy every 0.3 s, under the 1.5 s timeout
         r = h("wait_eof 0 5")
         assert r["eof"], r  # connection 0 was idle all along: closed by the forwarder
         assert h("ping 1") == {"echo": "ping"}
@@ -281,7 +263,7 @@ def test_least_request_sends_new_connections_to_the_less_loaded(pol):
         for i, pod in enumerate(held):
             if pod == "e1":
                 h(f"close {i}")
-        wait_for(lambda: pol.ctl("n1").status()["connections"] == 2, 10, "closed relays gone")
+        wait_until(lambda: pol.ctl("n1").status()["connections"] == 2, 10, "closed relays gone", 0.1)
         assert [h("open")["greeting"][0] for _ in range(2)] == ["e1", "e1"]
     finally:
         h.close()
@@ -301,7 +283,7 @@ def test_weighted_follows_the_weights_of_the_service_endpoints(pol):
         def published():
             eps = [e for e in pol.doc["endpoints"].values() if e["service"] == "default/weighted"]
             return sorted((e["pod"], e["weight"]) for e in eps) == [("e1", 3), ("e2", 1)]
-        wait_for(published, 10, "both weighted endpoints in the store")
+        wait_until(published, 10, "both weighted endpoints in the store", 0.1)
         pol.admin("n1", "sync")
         vip = next(s["vip"] for s in pol.doc["services"].values() if s["name"] == "weighted")
         r = peer(pol, "client", "burst", vip, 7000, 8)

@@ -34,7 +34,7 @@ def stalling_server(stall_at: int, stall: float):
                 _head, buf = buf.split(b"\r\n\r\n", 1)
                 count[0] += 1
                 if count[0] == stall_at:
-                    time.sleep(stall)
+                    time.sleep(stall)  # the input: a server that stalls this request
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     def accept():

@@ -5,6 +5,8 @@ import socket
 
 from dataplane.http.pool import PooledConn, UpstreamPool
 
+from tests.support.wait import wait_until_async
+
 
 _PEERS = []
 
@@ -62,8 +64,8 @@ def test_idle_timeout_closes():
         pool = UpstreamPool(asyncio.get_running_loop(), idle_timeout=0.1)
         c, _p = conn()
         pool.put(c)
-        await asyncio.sleep(0.2)
-        assert pool.idle() == 0 and c.sock.fileno() == -1 and pool.stats["closed_idle"] == 1
+        await wait_until_async(lambda: pool.idle() == 0, what="the idle connection to expire")
+        assert c.sock.fileno() == -1 and pool.stats["closed_idle"] == 1
     run(main())
 
 
@@ -76,8 +78,8 @@ def test_peer_close_or_stray_bytes_remove_an_idle_connection():
         pool.put(c2)
         p1.close()  # the upstream's idle close
         p2.send(b"HTTP/1.1 200 OK\r\n")  # bytes nobody asked for
-        await asyncio.sleep(0.05)
-        assert pool.idle() == 0 and pool.stats["closed_by_peer"] == 2
+        await wait_until_async(lambda: pool.idle() == 0, what="both connections to leave the pool")
+        assert pool.stats["closed_by_peer"] == 2
         assert c1.sock.fileno() == -1 and c2.sock.fileno() == -1
     run(main())
 
@@ -89,7 +91,7 @@ def test_a_taken_connection_is_no_longer_watched():
         pool.put(c)
         assert pool.take("a") is c
         p.send(b"response bytes")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the input: twice the idle timeout, with bytes waiting
         assert c.sock.fileno() >= 0  # neither the reader nor the timer touched it
         assert c.sock.recv(100) == b"response bytes"
         c.close()

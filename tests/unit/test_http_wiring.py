@@ -14,7 +14,7 @@ from dataplane.http.proxy import NoEndpoint, ServicePolicy
 from dataplane.policy.state import Policies
 from dataplane.store.registry import _empty
 
-from .test_http_proxy import RESET, Client, ok, routes, run, setup, status
+from tests.support.http_harness import RESET, Client, ok, routes, run, setup, status
 
 
 class Reporting:

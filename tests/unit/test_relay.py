@@ -8,7 +8,6 @@ other end. Movers: splice over each pump twin (Cython and Python) and the plain 
 import asyncio
 import fcntl
 import hashlib
-import random
 import select
 import socket
 import struct
@@ -25,16 +24,17 @@ from dataplane.relay import pump_py
 from dataplane.relay.poller import Poller
 from dataplane.relay.relay import Relay
 
-from .test_pump import _twin, tcp_pair
-
-TIMEOUT = 30.0
+from tests.support import need
+from tests.support.sockets import (chunks_of, crossing, payload, read_all, readable_bytes, relay_pair,
+                                   tcp_pair, writer)
+from tests.support.wait import TIMEOUT, wait_until, wait_until_async
 
 
 @pytest.fixture(params=["splice-cython", "splice-python", "copy-cython", "copy-python",
                         "auto-cython", "auto-python"])
 def mode(request, monkeypatch):
     mode, twin = request.param.split("-")
-    twin = _twin(twin)
+    twin = need.twin(chooser.twins(), twin, "pump")
     monkeypatch.setattr(movers._pump, "pump", twin.pump)
     monkeypatch.setattr(movers._pump, "copy", twin.copy)
     return mode
@@ -48,37 +48,6 @@ def pool(monkeypatch):
     p.close()
 
 
-def payload(seed, size):
-    return random.Random(seed).randbytes(size)
-
-
-def writer(sock, chunks, shut=True):
-    for c in chunks:
-        sock.sendall(c)
-    if shut:
-        sock.shutdown(socket.SHUT_WR)
-
-
-def read_all(sock) -> bytes:
-    out = bytearray()
-    while True:
-        b = sock.recv(1 << 16)
-        if not b:
-            return bytes(out)
-        out += b
-
-
-def relay_pair():
-    """(a, b, c, d): the relay gets b and c (non-blocking), the test keeps a and d."""
-    a, b = tcp_pair()
-    c, d = tcp_pair()
-    for s in (b, c):
-        s.setblocking(False)
-    for s in (a, d):
-        s.settimeout(TIMEOUT)
-    return a, b, c, d
-
-
 async def run_relay(mode, b, c, **kw):
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -88,32 +57,6 @@ async def run_relay(mode, b, c, **kw):
               on_close=lambda r: done.done() or done.set_result(r), **kw)
     r.start()
     return r, done
-
-
-def chunks_of(data, seed):
-    rng = random.Random(seed)
-    out, i = [], 0
-    while i < len(data):
-        n = rng.choice([1, 7, 100, 1460, 4096, 65536, 300_000])
-        out.append(data[i:i + n])
-        i += n
-    return out
-
-
-def crossing(a, d, ab, dc):
-    """Two threads, not started: one writes ab into a (random chunks, then half-close) and
-    reads d to EOF, the other the same with dc from d to a. got["ab"] and got["dc"] hold what
-    came out once they are joined."""
-    got = {}
-
-    def side(name, src, dst, data, seed):
-        t = threading.Thread(target=writer, args=(src, chunks_of(data, seed)))
-        t.start()
-        got[name] = read_all(dst)
-        t.join()
-
-    return [threading.Thread(target=side, args=("ab", a, d, ab, 3)),
-            threading.Thread(target=side, args=("dc", d, a, dc, 4))], got
 
 
 @pytest.mark.parametrize("size_ab,size_dc", [(0, 0), (1, 0), (0, 5), (3_000_000, 17),
@@ -174,20 +117,21 @@ def test_idle_connections_hold_no_pipe_and_a_stalled_reader_bounds_the_relay(mod
 
     async def main():
         r, done = await run_relay(mode, b, c)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the input: 50 ms idle, and an idle relay takes no pipe
         idle_lent = pool.lent
-        sent = 0
-        chunk = b"x" * 65536
-        for _ in range(2000):  # far beyond every buffer on the way: must block
+        sent, seen, chunk = 0, [], b"x" * 65536
+
+        def writer_blocked():  # A sends until it blocks; the relay runs between polls
+            nonlocal sent
             try:
-                sent += a.send(chunk)
-            except BlockingIOError:
-                await asyncio.sleep(0.05)
-                try:
+                while sent < 2000 * 65536:  # far beyond every buffer on the way: must block
                     sent += a.send(chunk)
-                except BlockingIOError:
-                    break
-            await asyncio.sleep(0)
+            except BlockingIOError:
+                pass
+            seen.append(sent)
+            return len(seen) > 1 and seen[-1] == seen[-2]
+
+        await wait_until_async(writer_blocked, what="A blocked for good", interval=0.05)
         stalled_pending = r.dirs[0].mover.pending
         a.setblocking(True)
         a.shutdown(socket.SHUT_WR)
@@ -249,10 +193,17 @@ def test_peer_gone_while_the_other_side_is_blocked_loses_nothing(mode, pool):
         assert await asyncio.to_thread(read_all, d) == b""
         # D writes everything and closes. The socket buffers and the pipe usually hold all
         # 8 MB, so D is gone before A reads; when autotuning left them smaller, D would wait
-        # for A for ever, so A starts reading after 5 s whatever happened.
+        # for A for ever, so A starts reading once nothing moves any more.
         t = threading.Thread(target=lambda: (writer(d, [back]), d.close()))
         t.start()
-        await asyncio.to_thread(t.join, 5)
+        seen = []
+
+        def d_gone_or_all_full():
+            seen.append(readable_bytes(a))
+            return not t.is_alive() or seen[-3:] == [seen[-1]] * 3
+
+        await wait_until_async(d_gone_or_all_full, what="D gone, or every buffer up to A full",
+                               interval=0.1)
         await asyncio.sleep(0.3)  # A still not reading: the relay sits blocked on it
         got = await asyncio.to_thread(read_all, a)
         await asyncio.to_thread(t.join, TIMEOUT)
@@ -280,9 +231,8 @@ def test_a_pipe_that_failed_mid_transfer_never_reaches_another_connection(pool):
         d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
         c.sendall(b"unread")  # d closes with unread bytes: a reset
         d.close()
-        deadline = time.monotonic() + TIMEOUT
-        while c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 and not select.select([c], [], [], 0.01)[0]:
-            assert time.monotonic() < deadline
+        wait_until(lambda: c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or select.select([c], [], [], 0)[0],
+                   what="the reset at c")
         a.sendall(b"stale" * 1000)
         select.select([b], [], [], TIMEOUT)
         m = movers.SpliceMover()
@@ -312,6 +262,9 @@ def test_auto_copies_small_messages_and_splices_bulk(pool):
         assert d.recv(16) == b"small"
         big = payload(8, 1 << 20)
         threading.Thread(target=a.sendall, args=(big,), daemon=True).start()
+        # The first readiness must see bulk: a loop faster than the writer could otherwise
+        # take each 64 KiB loopback segment (65483 bytes, just under BULK) on its own.
+        wait_until(lambda: readable_bytes(b) >= movers.AutoMover.BULK, what="bulk queued at b")
         got = bytearray()
         deadline = time.monotonic() + TIMEOUT
         while len(got) < len(big):

@@ -1,6 +1,7 @@
 """dataplane.policy.retry_budget: retries stay within min_per_second * ttl plus a
 ratio of the requests seen over a sliding window; a fake clock moves it."""
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, strategies as st
@@ -96,24 +97,52 @@ def test_bad_settings_are_refused(kw):
         RetryBudget(clock=Clock(), **kw)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["req", "retry", "tick"]), st.floats(0, 3)),
+def test_admitted_retries_outlive_the_requests_that_earned_them():
+    """The budget bounds each retry when it is admitted, not every window after: requests at
+    t=0 earn retries at t=3; at t=10 the requests leave and the retries stay, so that window
+    holds 6 retries on 0 requests, and no retry is admitted until they leave at t=13."""
+    clock = Clock(0.0)
+    b = RetryBudget(clock=clock, ratio=0.2, min_per_second=0.5, ttl=10, slots=10)
+    for _ in range(5):
+        b.record_request()
+    clock.t = 3.0
+    assert spend(b, 7) == 6              # 5 + 0.2 * 5
+    clock.t = 10.0
+    assert b.allowed() == 5 and spend(b, 1) == 0
+    clock.t = 12.9
+    assert spend(b, 1) == 0
+    clock.t = 13.0                       # the retries leave too: the reserve is back
+    assert spend(b, 6) == 5
+
+
+@given(st.lists(st.tuples(st.sampled_from(["req", "retry", "tick"]), st.floats(0, 3) | st.just(5.0)),
                 max_size=300))
-def test_retries_in_any_window_stay_within_the_budget(ops):
-    """Whatever the mix of requests, retries and time passing, the retries
-    in the window (the current 1 s slot and the 9 before it, from a log kept
-    here rather than from the budget) stay within 5 + 0.2 * its requests."""
+def test_a_retry_is_admitted_exactly_when_the_window_has_room(ops):
+    """What the budget promises, whatever the mix of requests, retries and time passing: a
+    retry is admitted if and only if, counting it, the retries in the window stay within
+    5 + 0.2 * the requests in the window at that moment (the window: the current 1 s slot
+    and the 9 before it, from a log kept here, in exact arithmetic). It promises nothing
+    about later windows (test_admitted_retries_outlive_the_requests_that_earned_them)."""
     clock = Clock(0.0)
     b = RetryBudget(clock=clock, ratio=0.2, min_per_second=0.5, ttl=10, slots=10)
     log = []  # (time, kind)
+    refused = 0
+
+    def in_window(kind):
+        oldest = math.floor(clock.t) - 9
+        return sum(1 for t, k in log if k == kind and math.floor(t) >= oldest)
+
     for op, dt in ops:
         if op == "tick":
             clock.t += dt
         elif op == "req":
             b.record_request()
             log.append((clock.t, "req"))
-        elif b.try_retry():
-            log.append((clock.t, "retry"))
-        oldest = math.floor(clock.t) - 9
-        retries = sum(1 for t, k in log if k == "retry" and math.floor(t) >= oldest)
-        requests = sum(1 for t, k in log if k == "req" and math.floor(t) >= oldest)
-        assert retries <= 0.5 * 10 + 0.2 * requests + 1e-9
+        else:
+            room = in_window("retry") + 1 <= Fraction(5) + Fraction(1, 5) * in_window("req")
+            assert b.try_retry() == room
+            if room:
+                log.append((clock.t, "retry"))
+            else:
+                refused += 1
+    assert b.refused == refused

@@ -133,7 +133,7 @@ def echo(name, port="7000"):
     ls.close()
     deadline = time.monotonic() + 5
     while busy[0] and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.01)  # a poll: the handlers still at work, with the deadline above
 
 
 def _greeting(s, timeout=5.0):
@@ -201,7 +201,7 @@ def stream(ip, port, seconds):
             out["pods"][pod] = out["pods"].get(pod, 0) + 1
         except OSError as e:
             out["failures"].append(f"{type(e).__name__}: {e}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # paced: a steady stream of connections
     print(json.dumps(out))
 
 
@@ -309,15 +309,15 @@ def httpd(name, port="8080"):
         def do_GET(self):
             path, q = self._query()
             if path == "/":
-                time.sleep(state["delay"])
+                time.sleep(state["delay"])  # a slow server, on request
                 return self._reply(body=json.dumps({"pod": name}).encode())
             if path == "/hold":
-                time.sleep(int(q.get("ms", "1000")) / 1000)
+                time.sleep(int(q.get("ms", "1000")) / 1000)  # held, on request
                 return self._reply(body=name.encode())
             if path == "/status":
                 return self._reply(int(q.get("code", "200")), body=name.encode())
             if path == "/longpoll":
-                time.sleep(float(q.get("s", "60")))
+                time.sleep(float(q.get("s", "60")))  # a long poll
                 return self._reply(body=b"event")
             if path == "/chunked":
                 self.send_response(200)
@@ -327,7 +327,7 @@ def httpd(name, port="8080"):
                 for i in range(int(q.get("n", "10"))):
                     self.wfile.write(b"3e8\r\n" + bytes([65 + i % 26]) * 1000 + b"\r\n")
                     self.wfile.flush()
-                    time.sleep(0.01)
+                    time.sleep(0.01)  # a slow stream of chunks
                 self.wfile.write(b"0\r\n\r\n")
                 return
             if path == "/ws":
@@ -416,7 +416,7 @@ def gets(ip, port, n, path="/", pause_ms="0"):
             conn = _http_conn(ip, port)
             out["connections"] += 1
         if float(pause_ms):
-            time.sleep(float(pause_ms) / 1000)
+            time.sleep(float(pause_ms) / 1000)  # the pause asked for between requests
     print(json.dumps(out))
 
 
@@ -473,7 +473,7 @@ def ws(ip, port, seconds):
             out["echoed"] += 1
             if time.monotonic() >= end:
                 break
-            time.sleep(1)
+            time.sleep(1)  # paced: one message a second
     except OSError as e:
         out["error"] = f"{type(e).__name__}: {e}"
     out["seconds"] = round(time.monotonic() - t0, 1)
