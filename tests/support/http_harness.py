@@ -61,6 +61,7 @@ class Server:
         self.handler = handler or (lambda ctx, req, body: ok(name.encode()))
         self.name = name
         self.connections = 0
+        self.closed = 0  # connections ended, by either side
         self.requests = []  # (Request, body)
         self.raws = []
 
@@ -109,6 +110,7 @@ class Server:
             pass
         finally:
             writer.close()
+            self.closed += 1
 
     async def _event(self, ctx):
         while True:
