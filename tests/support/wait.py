@@ -20,6 +20,11 @@ def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: 
         time.sleep(interval)
 
 
+def run(coro, timeout: float = TIMEOUT):
+    """asyncio.run(coro) with a deadline on the whole of it."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
 async def wait_until_async(predicate: Callable[[], object], timeout: float = TIMEOUT,
                            what: str = "the condition", interval: float = 0.01):
     """wait_until inside an event loop: the loop keeps running between polls."""

@@ -21,10 +21,9 @@ from dataplane.http.proxy import HTTP, OPAQUE, HttpSettings, ServicePolicy, dete
 from dataplane.policy.retry_budget import RetryBudget
 from dataplane.policy.token_bucket import TokenBucket
 
-from tests.support.http_harness import (CLOSE, RESET, Client, FakeUpstreams, Proxy, Server,
-                                        closed_port, ok, routes, run, setup, status)
-from tests.support.sockets import readable_bytes
-from tests.support.wait import ends_after, ends_before, wait_until_async
+from tests.support.http_harness import CLOSE, RESET, Client, FakeUpstreams, Proxy, Server, ok, routes, setup, status
+from tests.support.sockets import closed_port, readable_bytes
+from tests.support.wait import ends_after, ends_before, run, wait_until_async
 
 
 # --- keep-alive and pooling --------------------------------------------------------------------
