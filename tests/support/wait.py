@@ -1,4 +1,5 @@
-"""Polling with a deadline, for tests that wait for a state instead of sleeping a fixed time."""
+"""Waiting in tests: polling for a state with a deadline instead of sleeping a fixed time, running
+a coroutine under a deadline, and checking timeouts by order on the loop's clock, never by wall clock."""
 import asyncio
 import time
 from typing import Callable
@@ -6,18 +7,22 @@ from typing import Callable
 TIMEOUT = 30.0  # generous: a deadline for what should happen, never a pass/fail timing
 
 
+def _check(predicate: Callable[[], object], deadline: float, timeout: float, what: str):
+    """predicate's value if truthy, else None; AssertionError naming what once deadline passed."""
+    got = predicate()
+    if not got and time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return got
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: str = "the condition",
                interval: float = 0.01):
     """Call predicate until it returns something truthy and return that; AssertionError naming
     what was awaited if the deadline passes first. Exceptions from predicate propagate."""
     deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    while not (got := _check(predicate, deadline, timeout, what)):
         time.sleep(interval)
+    return got
 
 
 def run(coro, timeout: float = TIMEOUT):
@@ -29,13 +34,9 @@ async def wait_until_async(predicate: Callable[[], object], timeout: float = TIM
                            what: str = "the condition", interval: float = 0.01):
     """wait_until inside an event loop: the loop keeps running between polls."""
     deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    while not (got := _check(predicate, deadline, timeout, what)):
         await asyncio.sleep(interval)
+    return got
 
 
 # Timeouts checked by order, not by wall clock: timers on one loop fire in deadline order, so a
