@@ -17,13 +17,9 @@ from dataplane.http.pool import UpstreamPool
 from dataplane.http.proxy import HttpSession, NoEndpoint
 from dataplane.http.route import subset_matches
 
-from tests.support.wait import TIMEOUT
+from tests.support.sockets import connected
 
 CLOSE, RESET = "close", "reset"
-
-
-def run(coro, timeout=TIMEOUT):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def routes(*rules):
@@ -61,6 +57,7 @@ class Server:
         self.handler = handler or (lambda ctx, req, body: ok(name.encode()))
         self.name = name
         self.connections = 0
+        self.closed = 0  # connections ended, by either side
         self.requests = []  # (Request, body)
         self.raws = []
 
@@ -109,6 +106,7 @@ class Server:
             pass
         finally:
             writer.close()
+            self.closed += 1
 
     async def _event(self, ctx):
         while True:
@@ -142,22 +140,7 @@ class FakeUpstreams:
 
     async def connect(self, key):
         self.connects[key] = self.connects.get(key, 0) + 1
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(s, self.endpoints[key][0])
-        except OSError:
-            s.close()
-            raise
-        return s
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    addr = s.getsockname()
-    s.close()
-    return addr
+        return await connected(self.endpoints[key][0])
 
 
 class Proxy:

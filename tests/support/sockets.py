@@ -1,14 +1,20 @@
-"""Loopback TCP for the relay tests (pump, relay, engine, kernel relay).
+"""Loopback TCP for the unit tests.
 
-Topology everywhere: A <-> B and C <-> D are TCP loopback connections; the code under test
-joins B and C, the test writes into A and D and reads what comes out of the other end.
+Relay tests (pump, relay, engine, kernel relay): A <-> B and C <-> D are TCP loopback
+connections; the code under test joins B and C, the test writes into A and D and reads what
+comes out of the other end. Forwarder-role tests (inbound, outbound, the HTTP proxy): a
+LoopbackListener served by the role, connected() in place of the forwarder's dialer, an echo
+app, and addresses that refuse connections.
 """
+import asyncio
 import fcntl
 import random
 import socket
 import struct
 import termios
 import threading
+
+from dataplane.host.sockets import connect
 
 from tests.support.wait import TIMEOUT
 
@@ -37,6 +43,46 @@ def relay_pair():
     for s in (a, d):
         s.settimeout(TIMEOUT)
     return a, b, c, d
+
+
+async def connected(addr, timeout: float = None) -> socket.socket:
+    """A non-blocking TCP socket connected to addr with the forwarder's own connect (the
+    stand-in for dialing an endpoint or a pod); OSError, the socket closed, if that fails."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        await connect(s, addr, TIMEOUT if timeout is None else timeout)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def closed_port():
+    """An address on 127.0.0.1 where nothing listens now (bound, then closed)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    addr = s.getsockname()
+    s.close()
+    return addr
+
+
+def refusing_port():
+    """(socket, port): a bound socket that does not listen, so a connect to the port is refused
+    for as long as the socket stays open (close it when done)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
+async def echo_server():
+    """(asyncio server, port) on 127.0.0.1 that echoes each connection's bytes until its EOF."""
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
 
 
 def readable_bytes(s) -> int:
@@ -88,3 +134,26 @@ def crossing(a, d, ab, dc):
 
     return [threading.Thread(target=side, args=("ab", a, d, ab, 3)),
             threading.Thread(target=side, args=("dc", d, a, dc, 4))], got
+
+
+class LoopbackListener:
+    """A non-blocking listener on 127.0.0.1 (addr) and the tasks spawned to serve it, for tests
+    that run a forwarder role (Acceptor -> Inbound or Outbound) on loopback. close() cancels the
+    tasks still running and closes the listener."""
+
+    def __init__(self):
+        self.tasks = set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.addr = self.listener.getsockname()
+
+    def spawn(self, coro):
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    def close(self):
+        for t in list(self.tasks):
+            t.cancel()
+        self.listener.close()

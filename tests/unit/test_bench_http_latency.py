@@ -66,9 +66,15 @@ def test_a_stall_delays_every_request_scheduled_during_it(loadgen):
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["completed"] == out["scheduled"] == 200, (r.stderr, out)
     # ~50 requests were due while the one connection waited: a closed-loop generator would
-    # report one slow request; measured from schedule, a fifth of them are late.
+    # report one slow request; measured from schedule, a quarter of them are late. These lower
+    # bounds are the stall itself (the request it holds waits 0.5 s; of those due during it,
+    # the first 40 wait at least 0.1 s, more than the slowest tenth), so load cannot break them.
     assert out["max_us"] >= 450_000, out
-    assert out["p90_us"] >= 100_000 and out["p50_us"] < 100_000, out
+    assert out["p90_us"] >= 100_000, out
+    # The generator catches up after the stall: the median request was due after it and is not
+    # held by it. Said against the stall's own delay, not a wall-clock bound: a generator that
+    # stayed behind would put the median near the slowest request.
+    assert out["p50_us"] * 10 < out["max_us"], out
 
 
 def test_table_shows_added_latency_and_cpu():

@@ -9,6 +9,7 @@ end of a real socketpair, so hanging up is a real EOF. Upstreams are real loopba
 read each request (body included) with h1.RequestParser and answer as scripted.
 """
 import asyncio
+import contextlib
 import dataclasses
 import random
 import socket
@@ -21,13 +22,11 @@ from dataplane.http.route import CONNECT_FAILURE, NO_HEALTHY_ENDPOINT
 from dataplane.http.tries import Tries
 from dataplane.policy.retry_budget import RetryBudget
 
-DEADLINE = 30.0
+from tests.support.sockets import closed_port, connected
+from tests.support.wait import run
+
 RESET, HANG, CLOSE = "reset", "hang", "close"
 SETTINGS = HttpSettings(backoff_base=0.001, backoff_cap=0.002)
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, DEADLINE))
 
 
 def rule(**kw):
@@ -94,14 +93,6 @@ class Upstream:
         await self.server.wait_closed()
 
 
-def closed_addr():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    addr = s.getsockname()
-    s.close()
-    return addr
-
-
 class Endpoints:
     """The Upstreams protocol over named addresses: the first endpoint not tried yet (the first
     of all when every one was tried), real non-blocking connects, reports recorded."""
@@ -116,17 +107,23 @@ class Endpoints:
         return next((k for k in self.addrs if k not in exclude), next(iter(self.addrs)))
 
     async def connect(self, key):
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(s, self.addrs[key])
-        except OSError:
-            s.close()
-            raise
-        return s
+        return await connected(self.addrs[key])
 
     def report(self, key, outcome):
         self.reports.append((key, outcome))
+
+
+@contextlib.asynccontextmanager
+async def upstreams(**answers):
+    """(Upstreams by name, Endpoints over them in that order), the servers stopped on the way
+    out. An answer of None is an endpoint nothing listens on (its connects are refused)."""
+    ups = {name: await Upstream(answer).start() for name, answer in answers.items() if answer}
+    try:
+        yield ups, Endpoints(**{name: ups[name].addr if answer else closed_port()
+                                for name, answer in answers.items()})
+    finally:
+        for u in ups.values():
+            await u.stop()
 
 
 class RecordingClient:
@@ -226,31 +223,27 @@ POST = b"POST /x HTTP/1.1\r\nhost: web\r\ncontent-length: 6\r\n\r\n"
 
 def test_a_503_is_retried_on_another_endpoint_and_every_pick_is_reported():
     async def main():
-        a = await Upstream(lambda r, b: response(503, b"a")).start()
-        b = await Upstream(lambda r, b: response(200, b"b")).start()
-        ends = Endpoints(a=a.addr, b=b.addr)
-        client = RecordingClient()
-        keep, pool = await forward(client, ends, exchange(GET, rule(retries=2, retry_on=frozenset({"503"}))))
-        status, headers, body = client.response()
-        assert (keep, status, body) == (True, 200, b"b")
-        assert (b"x-glasswing-retries", b"1") in headers
-        assert ends.reports == [("a", 503), ("b", 200)]
-        assert client.counts["retries"] == 1 and client.counts["upstream_status_503"] == 1
-        kept = pool.take("b")  # b's answer was clean: its connection went back to the pool
-        assert kept is not None and pool.take("a") is None
-        kept.close()
-        pool.close()
-        await a.stop()
-        await b.stop()
+        async with upstreams(a=lambda r, b: response(503, b"a"), b=lambda r, b: response(200, b"b")) as (_u, ends):
+            client = RecordingClient()
+            keep, pool = await forward(client, ends, exchange(GET, rule(retries=2, retry_on=frozenset({"503"}))))
+            status, headers, body = client.response()
+            assert (keep, status, body) == (True, 200, b"b")
+            assert (b"x-glasswing-retries", b"1") in headers
+            assert ends.reports == [("a", 503), ("b", 200)]
+            assert client.counts["retries"] == 1 and client.counts["upstream_status_503"] == 1
+            kept = pool.take("b")  # b's answer was clean: its connection went back to the pool
+            assert kept is not None and pool.take("a") is None
+            kept.close()
+            pool.close()
     run(main())
 
 
 def test_connect_failures_use_every_attempt_then_answer_503_locally():
     async def main():
-        ends = Endpoints(a=closed_addr(), b=closed_addr())
-        client = RecordingClient()
-        keep, pool = await forward(client, ends, exchange(GET))  # DEFAULT_RULE: 2 retries
-        pool.close()
+        async with upstreams(a=None, b=None) as (_u, ends):
+            client = RecordingClient()
+            keep, pool = await forward(client, ends, exchange(GET))  # DEFAULT_RULE: 2 retries
+            pool.close()
         assert (keep, client.answers, client.sent) == (True, [(503, CONNECT_ERROR)], bytearray())
         assert ends.reports == [("a", CONNECT_FAILURE), ("b", CONNECT_FAILURE), ("a", CONNECT_FAILURE)]
         assert client.counts["retries"] == 2 and client.counts["upstream_connect_failure"] == 3
@@ -259,106 +252,90 @@ def test_connect_failures_use_every_attempt_then_answer_503_locally():
 
 def test_no_endpoint_is_answered_503_without_a_report():
     async def main():
-        ends = Endpoints()
-        client = RecordingClient()
-        _keep, pool = await forward(client, ends, exchange(GET))
-        pool.close()
+        async with upstreams() as (_u, ends):
+            client = RecordingClient()
+            _keep, pool = await forward(client, ends, exchange(GET))
+            pool.close()
         assert client.answers == [(503, NO_HEALTHY_ENDPOINT)] and ends.reports == []
     run(main())
 
 
 def test_a_post_not_marked_safe_gets_its_503_passed_through():
     async def main():
-        a = await Upstream(lambda r, b: response(503, b"a")).start()
-        ends = Endpoints(a=a.addr, b=closed_addr())
-        client = RecordingClient()
-        ex = exchange(POST + b"abcdef", rule(retries=2, retry_on=frozenset({"503"})),
-                      replay=b"abcdef")
-        _keep, pool = await forward(client, ends, ex)
-        pool.close()
+        async with upstreams(a=lambda r, b: response(503, b"a"), b=None) as (_u, ends):
+            client = RecordingClient()
+            ex = exchange(POST + b"abcdef", rule(retries=2, retry_on=frozenset({"503"})),
+                          replay=b"abcdef")
+            _keep, pool = await forward(client, ends, ex)
+            pool.close()
         assert client.response()[0] == 503 and ends.reports == [("a", 503)]
         assert "retries" not in client.counts or client.counts["retries"] == 0
-        await a.stop()
     run(main())
 
 
 def test_an_empty_retry_budget_passes_the_failure_through():
     async def main():
-        a = await Upstream(lambda r, b: response(503, b"a")).start()
-        b = await Upstream(lambda r, b: response(200, b"b")).start()
-        ends = Endpoints(a=a.addr, b=b.addr)
-        client = RecordingClient()
-        budget = RetryBudget(clock=lambda: 0.0, ratio=0.0, min_per_second=0.0)
-        ex = exchange(GET, rule(retries=2, retry_on=frozenset({"503"})), budget=budget)
-        _keep, pool = await forward(client, ends, ex)
-        pool.close()
+        async with upstreams(a=lambda r, b: response(503, b"a"), b=lambda r, b: response(200, b"b")) as (ups, ends):
+            client = RecordingClient()
+            budget = RetryBudget(clock=lambda: 0.0, ratio=0.0, min_per_second=0.0)
+            ex = exchange(GET, rule(retries=2, retry_on=frozenset({"503"})), budget=budget)
+            _keep, pool = await forward(client, ends, ex)
+            pool.close()
         assert client.response()[0] == 503 and ends.reports == [("a", 503)]
-        assert client.counts["retry_budget_exhausted"] == 1 and b.got == []
-        await a.stop()
-        await b.stop()
+        assert client.counts["retry_budget_exhausted"] == 1 and ups["b"].got == []
     run(main())
 
 
 def test_a_streamed_body_is_kept_and_replayed_on_the_retry():
     async def main():
-        a = await Upstream(lambda r, b: response(503)).start()
-        b = await Upstream(lambda r, body: response(200, body)).start()
-        ends = Endpoints(a=a.addr, b=b.addr)
-        client = RecordingClient(body=[h1.Data(b"def"), h1.EndOfMessage()])
-        ex = exchange(POST, rule(retries=1, retry_on=frozenset({"503"})), body_done=False,
-                      replay=b"abc", marked_safe=True)  # "abc" came with the head
-        _keep, pool = await forward(client, ends, ex)
-        pool.close()
+        async with upstreams(a=lambda r, b: response(503), b=lambda r, body: response(200, body)) as (ups, ends):
+            client = RecordingClient(body=[h1.Data(b"def"), h1.EndOfMessage()])
+            ex = exchange(POST, rule(retries=1, retry_on=frozenset({"503"})), body_done=False,
+                          replay=b"abc", marked_safe=True)  # "abc" came with the head
+            _keep, pool = await forward(client, ends, ex)
+            pool.close()
         assert client.response()[::2] == (200, b"abcdef")
-        assert [body for _r, body in a.got + b.got] == [b"abcdef", b"abcdef"]
-        await a.stop()
-        await b.stop()
+        assert [body for _r, body in ups["a"].got + ups["b"].got] == [b"abcdef", b"abcdef"]
     run(main())
 
 
 def test_a_per_try_timeout_counts_as_504_and_moves_on():
     async def main():
-        a = await Upstream(lambda r, b: HANG).start()
-        b = await Upstream(lambda r, b: response(200, b"b")).start()
-        ends = Endpoints(a=a.addr, b=b.addr)
-        client = RecordingClient()
-        the_rule = rule(retries=1, retry_on=frozenset({"504"}), per_try_timeout_s=0.5)
-        _keep, pool = await forward(client, ends, exchange(GET, the_rule))
-        pool.close()
+        async with upstreams(a=lambda r, b: HANG, b=lambda r, b: response(200, b"b")) as (_u, ends):
+            client = RecordingClient()
+            the_rule = rule(retries=1, retry_on=frozenset({"504"}), per_try_timeout_s=0.5)
+            _keep, pool = await forward(client, ends, exchange(GET, the_rule))
+            pool.close()
         assert client.response()[::2] == (200, b"b")
         assert ends.reports == [("a", TIMEOUT), ("b", 200)]
-        await a.stop()
-        await b.stop()
     run(main())
 
 
 def test_a_client_hanging_up_gives_up_the_try_without_blaming_the_endpoint():
     async def main():
-        a = await Upstream(lambda r, b: HANG).start()
-        ends = Endpoints(a=a.addr)
-        client = RecordingClient()
-        task = asyncio.ensure_future(forward(client, ends, exchange(GET)))
-        await a.arrived.wait()
-        client.peer.close()  # EOF on the client's socket while the response head is awaited
-        keep, pool = await task
-        pool.close()
+        async with upstreams(a=lambda r, b: HANG) as (ups, ends):
+            client = RecordingClient()
+            task = asyncio.ensure_future(forward(client, ends, exchange(GET)))
+            await ups["a"].arrived.wait()
+            client.peer.close()  # EOF on the client's socket while the response head is awaited
+            keep, pool = await task
+            pool.close()
         assert keep is False and len(client.failures) == 1 and client.failures[0].error is None
         assert client.counts["client_aborted"] == 1 and ends.reports == [("a", None)]
-        await a.stop()
     run(main())
 
 
 def test_an_upstream_closing_inside_the_body_resets_the_client_without_a_retry():
+    # a head promising 100 bytes, 10 of them, then the upstream closes: the head went out
+    def short(r, b):
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789", CLOSE
+
     async def main():
-        # a head promising 100 bytes, 10 of them, then the upstream closes: the head went out
-        a = await Upstream(lambda r, b: (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"
-                                         b"0123456789", CLOSE)).start()
-        ends = Endpoints(a=a.addr, b=closed_addr())
-        client = RecordingClient()
-        keep, pool = await forward(client, ends, exchange(GET, rule(retries=2, retry_on=frozenset({"5xx"}))))
-        pool.close()
+        async with upstreams(a=short, b=None) as (_u, ends):
+            client = RecordingClient()
+            keep, pool = await forward(client, ends, exchange(GET, rule(retries=2, retry_on=frozenset({"5xx"}))))
+            pool.close()
         assert keep is False and client.resets == 1 and client.answers == []
         assert bytes(client.sent) == b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"
         assert ends.reports == [("a", 200)] and client.counts["upstream_bad_body"] == 1
-        await a.stop()
     run(main())

@@ -14,7 +14,8 @@ from dataplane.http.proxy import NoEndpoint, ServicePolicy
 from dataplane.policy.state import Policies
 from dataplane.store.registry import _empty
 
-from tests.support.http_harness import RESET, Client, ok, routes, run, setup, status
+from tests.support.http_harness import RESET, Client, ok, routes, setup, status
+from tests.support.wait import run, wait_until_async
 
 
 class Reporting:
@@ -70,7 +71,7 @@ def test_breaker_caps_requests_in_flight_with_503():
         breaker = CircuitBreaker(max_connections=1)
         servers, ups, proxy, client = await setup([slow], policy=ServicePolicy(breaker=breaker))
         first = asyncio.ensure_future(client.request())
-        await asyncio.sleep(0.2)
+        await wait_until_async(lambda: breaker.active == 1, what="the first request in flight")
         other = await Client(proxy.addr).open()
         resp, body, _ = await other.request()
         assert resp.status == 503 and resp.get(b"x-glasswing-reason") == b"circuit_open"

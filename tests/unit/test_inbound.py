@@ -7,9 +7,7 @@ forwarder's dialer makes it inside the pod's namespace, which needs root).
 """
 import asyncio
 import random
-import socket
 
-from dataplane.host.sockets import connect
 from dataplane.node.accept import Acceptor
 from dataplane.node.counters import Counters
 from dataplane.node.inbound import Inbound
@@ -19,12 +17,10 @@ from dataplane.store.catalog import Catalog
 from dataplane.store.registry import _empty
 from dataplane.tunnel import codec as tc
 
-TIMEOUT = 20.0
+from tests.support.sockets import LoopbackListener, connected, echo_server, refusing_port
+from tests.support.wait import run
+
 TRACE = "ab" * 16
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
 
 
 def mesh_doc(endpoints):
@@ -40,10 +36,11 @@ def mesh_doc(endpoints):
     return doc
 
 
-class Node:
+class Node(LoopbackListener):
     """Node n1's tunnel listener on loopback, served by the real collaborators."""
 
     def __init__(self, doc):
+        super().__init__()
         self.counters = Counters()
         policies = Policies(rng=random.Random(1))
         catalog = Catalog(doc)
@@ -53,36 +50,18 @@ class Node:
         self.inbound = Inbound(node="n1", catalog=lambda: catalog, policies=policies,
                                connect_local=self.connect_local, relay=self.sink.relay,
                                counters=self.counters, preamble_timeout=0.5)
-        self.tasks = set()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.setblocking(False)
-        self.addr = self.listener.getsockname()
 
     async def connect_local(self, pod, ip, port, timeout=None):
         self.connects.append(pod)
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            await connect(s, (ip, port), timeout)
-        except BaseException:
-            s.close()
-            raise
-        return s
-
-    def spawn(self, coro):
-        t = asyncio.ensure_future(coro)
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
-        return t
+        return await connected((ip, port), timeout)
 
     def __enter__(self):
         self.spawn(Acceptor(self.spawn, self.counters, {}).loop(self.listener, self.inbound.serve))
         return self
 
     def __exit__(self, *exc):
-        for t in list(self.tasks):
-            t.cancel()
+        self.close()
         self.sink.close()
-        self.listener.close()
 
 
 def stream_open(port, service="default/web", service_port=80):
@@ -112,16 +91,6 @@ async def peer(addr, first: bytes, then: bytes = b""):
         return event, pre.leftover + await reader.read()
     finally:
         writer.close()
-
-
-async def echo_server():
-    async def echo(reader, writer):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
 
 
 def test_a_good_stream_is_accepted_and_relays_bytes_both_ways():
@@ -169,9 +138,7 @@ def test_a_malformed_or_incomplete_preamble_is_rejected():
 
 
 def test_an_app_that_refuses_is_reported_to_the_peer():
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))  # bound, not listening: connects are refused
-    port = hole.getsockname()[1]
+    hole, port = refusing_port()
     try:
         event = rejection(mesh_doc([("app", "n1", port)]), stream_open(port), connects=["app"])
         assert event.reason == "refused_by_app" and event.trace_id == TRACE

@@ -9,11 +9,9 @@ pod namespaces, which needs root).
 """
 import asyncio
 import random
-import socket
 
 import pytest
 
-from dataplane.host.sockets import connect
 from dataplane.http.proxy import ServicePolicy
 from dataplane.node.accept import Acceptor
 from dataplane.node.counters import REFUSALS, Counters
@@ -25,12 +23,10 @@ from dataplane.store import schema as cs
 from dataplane.store.catalog import Catalog
 from dataplane.store.registry import _empty
 
+from tests.support.sockets import LoopbackListener, connected, echo_server, refusing_port
+from tests.support.wait import run, wait_until_async
+
 VIP = "198.19.0.10"
-TIMEOUT = 20.0
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
 
 
 def mesh_doc(ports, protocol="tcp", policy=None):
@@ -60,23 +56,18 @@ class LoopbackDialer:
 
     async def open(self, pod, sp, dst, ep, trace, timeout):
         self.tries.append(ep.pod)
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            await connect(s, ("127.0.0.1", ep.port), timeout)
-        except BaseException:
-            s.close()
-            raise
-        return s, b""
+        return await connected(("127.0.0.1", ep.port), timeout), b""
 
 
 class Pod:
     name, rec = "client", {"ip": "198.18.1.9"}
 
 
-class Node:
+class Node(LoopbackListener):
     """One pod's outbound listener on loopback, served by the real collaborators."""
 
     def __init__(self, doc, relay="copy", dst=(VIP, 80), clock=None):
+        super().__init__()
         self.counters, self.errors = Counters(), {}
         self.policies = Policies(rng=random.Random(7), **({"clock": clock} if clock else {}))
         self.catalog = Catalog(doc)
@@ -90,16 +81,6 @@ class Node:
         self.outbound = Outbound(catalog=lambda: self.catalog, policies=self.policies, dialer=self.dialer,
                                  relay=self.sink.relay, http=self.http.serve, counters=self.counters,
                                  destination=lambda conn: dst)
-        self.tasks = set()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.setblocking(False)
-        self.addr = self.listener.getsockname()
-
-    def spawn(self, coro):
-        t = asyncio.ensure_future(coro)
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
-        return t
 
     def __enter__(self):
         acceptor = Acceptor(self.spawn, self.counters, self.errors)
@@ -107,31 +88,12 @@ class Node:
         return self
 
     def __exit__(self, *exc):
-        for t in list(self.tasks):
-            t.cancel()
+        self.close()
         self.sink.close()
         self.http.close()
-        self.listener.close()
 
     def refused(self):
         return {r: self.counters[f"refused_{r}"] for r in REFUSALS if self.counters[f"refused_{r}"]}
-
-
-async def echo_server():
-    async def echo(reader, writer):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
-def refusing_port():
-    """A bound socket that does not listen: a connect to its port is refused."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    return s, s.getsockname()[1]
 
 
 async def exchange(addr, data=b"hello", half_close=True):
@@ -150,14 +112,6 @@ async def exchange(addr, data=b"hello", half_close=True):
         writer.close()
 
 
-async def until(cond, what):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not cond():
-        assert loop.time() < deadline, what
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("relay", ["copy", "engine"])
 def test_a_refused_endpoint_is_retried_on_the_next_and_bytes_flow(relay):
     async def main():
@@ -171,7 +125,7 @@ def test_a_refused_endpoint_is_retried_on_the_next_and_bytes_flow(relay):
             assert tries.count("p0") == 1 and tries[tries.index("p0") + 1] == "p1", tries
             assert node.counters["connect_failures"] == 1 and node.counters["connect_retries"] == 1
             assert node.refused() == {} and node.counters["accepted"] == 2
-            await until(lambda: not node.outbound.attempts, "the relays' policy holds were not released")
+            await wait_until_async(lambda: not node.outbound.attempts, what="the relays' policy holds released")
         hole.close()
         server.close()
     run(main())

@@ -14,7 +14,7 @@ from dataplane.host.sockets import connect
 from dataplane.tunnel.streams import read_preamble
 from dataplane.http.trace_context import new_trace_id
 
-from tests.support.wait import wait_until
+from tests.support.wait import ends_after, wait_until
 
 ACCEPT = tc.encode_accept(tc.Accept(version=tc.VERSION, trace_id="ab" * 16))
 
@@ -75,17 +75,6 @@ def established(s) -> bool:
     except OSError:
         return False
     return True
-
-
-async def ends_after(coro, earlier):
-    """Await coro, asserting it was still running when a timer set `earlier` seconds from
-    now fired: timers on one loop fire in deadline order, so this is exact under any load."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(coro)
-    at_earlier = loop.create_future()
-    loop.call_later(earlier, lambda: at_earlier.set_result(task.done()))
-    assert await at_earlier is False, f"ended before {earlier} s"
-    return await task
 
 
 def preamble_pair():
