@@ -4,34 +4,18 @@ stored, or none (a conflict with a concurrent writer retries the whole
 apply, which has no side effect outside the store)."""
 import ipaddress
 
-from dataplane.store import schema as cs
+from dataplane.store import kinds
 from dataplane.store import registry as reg
+from dataplane.store import schema as cs
 from dataplane.store import services as svcs
 from dataplane.errors import GlasswingError
 from dataplane.settings import SERVICE_RANGE
 
-# user spelling -> (kind, doc section)
-KIND_ALIASES = {}
-for _kind in cs.KINDS:
-    for _alias in (_kind.lower(), _kind.lower() + "s"):
-        KIND_ALIASES[_alias] = _kind
-KIND_ALIASES.update({"svc": "Service", "policy": "TrafficPolicy", "policies": "TrafficPolicy",
-                     "trafficpolicies": "TrafficPolicy", "ep": "Endpoint"})
-SECTION = {"Route": "route", "TrafficPolicy": "trafficpolicy", "MeshSettings": "meshsettings",
-           "Endpoint": "endpoint"}
-
-
-def kind_of(word: str) -> str:
-    kind = KIND_ALIASES.get(word.lower())
-    if kind is None:
-        raise GlasswingError(f"unknown kind {word!r} (expected one of {', '.join(sorted(cs.KINDS))})")
-    return kind
+kind_of = kinds.kind_of  # a user's spelling ("svc", "policies") -> kind name
 
 
 def _doc_key(d: cs.Document) -> str:
-    if d.kind == "MeshSettings":
-        return f"-/{d.name}"
-    return f"{d.namespace or 'default'}/{d.name}"
+    return kinds.get(d.kind).doc_key(d.namespace, d.name)
 
 
 def _free_vip(doc, taken) -> str:
@@ -63,7 +47,7 @@ def apply(registry, documents: list) -> list:
                 action = "unchanged" if old == new else ("configured" if old else "created")
                 doc["services"][key] = new
             else:
-                section = doc["config"][SECTION[d.kind]]
+                section = doc["config"][kinds.get(d.kind).section]
                 old = section.get(key)
                 action = "unchanged" if old == d.message else ("configured" if old else "created")
                 section[key] = d.message
@@ -80,7 +64,7 @@ def get(doc: dict, kind: str, name: str = None) -> list:
         items = dict(doc["config"]["endpoint"])
         items.update(_published(doc))
     else:
-        items = doc["config"][SECTION[kind]]
+        items = doc["config"][kinds.get(kind).section]
     if name is not None:
         key = _lookup_key(kind, name)
         if key not in items:
@@ -105,8 +89,8 @@ def _published(doc) -> dict:
 
 
 def _lookup_key(kind, name) -> str:
-    if kind == "MeshSettings":
-        return f"-/{name}"
+    if not kinds.get(kind).namespaced:
+        return kinds.get(kind).doc_key("", name)
     return svcs.key_of(name) if "/" in name or kind != "Endpoint" else f"default/{name}"
 
 
@@ -114,7 +98,7 @@ def delete(registry, kind: str, name: str) -> str:
     key = _lookup_key(kind, name)
 
     def change(doc):
-        section = doc["services"] if kind == "Service" else doc["config"][SECTION[kind]]
+        section = doc["services"] if kind == "Service" else doc["config"][kinds.get(kind).section]
         if key not in section:
             raise GlasswingError(f"no {kind} {name!r}")
         del section[key]

@@ -23,11 +23,12 @@ import secrets
 from google.protobuf import json_format
 
 from dataplane.errors import GlasswingError
+from dataplane.store import kinds
 from dataplane.store.kv import Conflict, Txn
 
 PREFIX = "/glasswing/"
 META = PREFIX + "meta"
-CONFIG_KINDS = ("route", "trafficpolicy", "meshsettings", "endpoint")
+CONFIG_KINDS = tuple(k.section for k in kinds.CONFIG_KINDS)  # the sections of doc["config"]
 
 
 def _pb():
@@ -102,15 +103,14 @@ def apply_put(doc: dict, key: str, value: bytes) -> None:
         doc[kind][parts[1]] = json.loads(value)
     elif kind == "config" and len(parts) == 4:
         sub, ns, name = parts[1:]
-        if sub == "service":
-            msg = _pb().Service()
-            msg.ParseFromString(value)
+        k = kinds.BY_SECTION.get(sub)
+        if k is None:
+            return
+        msg = k.message()
+        msg.ParseFromString(value)
+        if k is kinds.SERVICE:
             doc["services"][service_key(ns, name)] = service_to_dict(msg)
-        elif sub in doc["config"]:
-            cls = {"route": "Route", "trafficpolicy": "TrafficPolicy", "meshsettings": "MeshSettings",
-                   "endpoint": "Endpoint"}[sub]
-            msg = getattr(_pb(), cls)()
-            msg.ParseFromString(value)
+        else:
             doc["config"][sub][service_key(ns, name)] = msg
     elif kind == "endpoints":
         doc["endpoints"][key] = json.loads(value)
@@ -123,7 +123,7 @@ def apply_delete(doc: dict, key: str) -> None:
         doc[kind].pop(parts[1], None)
     elif kind == "config" and len(parts) == 4:
         sub, ns, name = parts[1:]
-        if sub == "service":
+        if sub == kinds.SERVICE.section:
             doc["services"].pop(service_key(ns, name), None)
         elif sub in doc["config"]:
             doc["config"][sub].pop(service_key(ns, name), None)
@@ -140,7 +140,7 @@ def encode(doc: dict) -> dict:
         for name, rec in doc[kind].items():
             out[f"{PREFIX}{kind}/{name}"] = json.dumps(rec, sort_keys=True).encode()
     for key, svc in doc["services"].items():
-        out[f"{PREFIX}config/service/{key}"] = service_from_dict(svc).SerializeToString(deterministic=True)
+        out[f"{PREFIX}config/{kinds.SERVICE.section}/{key}"] = service_from_dict(svc).SerializeToString(deterministic=True)
     for sub, objs in doc["config"].items():
         for key, msg in objs.items():
             out[f"{PREFIX}config/{sub}/{key}"] = msg.SerializeToString(deterministic=True)

@@ -36,22 +36,16 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from dataplane.store import names
+from dataplane.store import kinds, names
 from dataplane.errors import GlasswingError
 from dataplane.proto import config_pb2 as pb
 from dataplane.settings import POD_RANGE
 
 API_VERSION = "glasswing.dev/v1"
-KINDS = {
-    "Service": pb.Service,
-    "Endpoint": pb.Endpoint,
-    "Route": pb.Route,
-    "TrafficPolicy": pb.TrafficPolicy,
-    "MeshSettings": pb.MeshSettings,
-}
-MESH_SETTINGS_NAME = "mesh"  # the only MeshSettings there is; it has no namespace
-DEFAULT_NAMESPACE = "default"
-KEY_PREFIX = "/glasswing/config"
+KINDS = {name: kind.message for name, kind in kinds.KINDS.items()}  # kind name -> message class
+MESH_SETTINGS_NAME = kinds.MESH_SETTINGS_NAME
+DEFAULT_NAMESPACE = kinds.DEFAULT_NAMESPACE
+KEY_PREFIX = kinds.KEY_PREFIX
 STDIN_NAME = "<stdin>"  # how documents read from `-f -` are named in errors
 EXTENSIONS = (".yaml", ".yml", ".json")
 
@@ -62,8 +56,6 @@ LOAD_BALANCERS = ("round_robin", "weighted", "least_request", "ring_hash")
 _UINT32_MAX = 2**32 - 1
 _INT64_MAX = 2**63 - 1
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec")
-_KIND_WORDS = {"Service": "service", "Endpoint": "endpoint", "Route": "route",
-               "TrafficPolicy": "traffic policy", "MeshSettings": "mesh settings"}
 
 # Per-field limits, checked wherever the field is given (omitted fields get defaults later).
 # Keyed by "Message.field"; unlisted uint32 fields may hold any uint32.
@@ -326,13 +318,13 @@ def _http_path(d, key, path):
 def _check_metadata(md, kind):
     path = "metadata"
     name = _require(md, "name", path)
-    if kind == "MeshSettings":
+    if not kinds.KINDS[kind].namespaced:
         if name != MESH_SETTINGS_NAME:
             raise _Invalid("metadata.name", f"MeshSettings must be named {MESH_SETTINGS_NAME!r}, not {_short(name)}")
         if "namespace" in md:
             raise _Invalid("metadata.namespace", "MeshSettings is cluster-wide and takes no namespace")
     else:
-        _call("metadata.name", names.name, _KIND_WORDS[kind], name)
+        _call("metadata.name", names.name, kinds.KINDS[kind].word, name)
         _call("metadata.namespace", names.name, "namespace", md.setdefault("namespace", DEFAULT_NAMESPACE))
     _labels(md.get("labels", {}), "metadata.labels")
 
@@ -745,12 +737,9 @@ def load_all(sources, stdin=None) -> list:
 
 def key_for(kind: str, message: Message) -> str:
     """The store key of a configuration object: /glasswing/config/KIND/NAMESPACE/NAME."""
-    if kind not in KINDS:
-        raise GlasswingError(f"unknown kind {kind!r} (expected one of {', '.join(sorted(KINDS))})")
-    if kind == "MeshSettings":
-        return f"{KEY_PREFIX}/meshsettings/-/{message.metadata.name or MESH_SETTINGS_NAME}"
-    namespace = message.metadata.namespace or DEFAULT_NAMESPACE
-    return f"{KEY_PREFIX}/{kind.lower()}/{namespace}/{message.metadata.name}"
+    k = kinds.get(kind)
+    name = message.metadata.name or ("" if k.namespaced else MESH_SETTINGS_NAME)
+    return k.store_key(message.metadata.namespace, name)
 
 
 def _message_dict(message) -> dict:
@@ -776,8 +765,7 @@ def _message_dict(message) -> dict:
 
 def to_dict(message: Message, kind: str) -> dict:
     """The document for a message: apiVersion, kind, metadata, spec; camelCase, zero values omitted."""
-    if kind not in KINDS:
-        raise GlasswingError(f"unknown kind {kind!r} (expected one of {', '.join(sorted(KINDS))})")
+    kinds.get(kind)
     return {"apiVersion": API_VERSION, "kind": kind,
             "metadata": _message_dict(message.metadata), "spec": _message_dict(message.spec)}
 
