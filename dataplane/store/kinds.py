@@ -3,7 +3,7 @@
 Everything that depends on the list of kinds reads it from here: the schema (which message a
 document becomes, how its names are described in errors), `glasswing apply/get/delete` (the
 spellings users may give), the registry (the store key of each object, which message its
-bytes decode to) and the snapshot (which typed section an object lands in).
+bytes decode to, which rules check it) and the snapshot (which typed section an object lands in).
 
 Key layout, for every kind:
     store key   /glasswing/config/SECTION/NAMESPACE/NAME   (NAMESPACE "-" for cluster-wide kinds)
@@ -13,8 +13,11 @@ other kind as its validated protobuf message in doc["config"][SECTION].
 """
 from dataclasses import dataclass
 
+from typing import Callable
+
 from dataplane.errors import GlasswingError
 from dataplane.proto import config_pb2 as pb
+from dataplane.store import rules
 
 KEY_PREFIX = "/glasswing/config"
 DEFAULT_NAMESPACE = "default"
@@ -28,6 +31,7 @@ class Kind:
     message: type         # its config_pb2 message class
     section: str          # store key segment and doc["config"] section: "trafficpolicy"
     word: str             # how its names are described in errors: "traffic policy"
+    check: Callable       # rules.check_KIND(spec, path): pass 2 of validation, defaults filled
     aliases: tuple = ()   # user spellings besides the lowercase name and its plural
     namespaced: bool = True
 
@@ -47,12 +51,13 @@ class Kind:
         return f"{KEY_PREFIX}/{self.section}/{self.doc_key(namespace, name)}"
 
 
-SERVICE = Kind("Service", pb.Service, "service", "service", ("svc",))
-ENDPOINT = Kind("Endpoint", pb.Endpoint, "endpoint", "endpoint", ("ep",))
-ROUTE = Kind("Route", pb.Route, "route", "route")
+SERVICE = Kind("Service", pb.Service, "service", "service", rules.check_service, ("svc",))
+ENDPOINT = Kind("Endpoint", pb.Endpoint, "endpoint", "endpoint", rules.check_endpoint, ("ep",))
+ROUTE = Kind("Route", pb.Route, "route", "route", rules.check_route)
 TRAFFIC_POLICY = Kind("TrafficPolicy", pb.TrafficPolicy, "trafficpolicy", "traffic policy",
-                      ("policy", "policies", "trafficpolicies"))
-MESH_SETTINGS = Kind("MeshSettings", pb.MeshSettings, "meshsettings", "mesh settings", namespaced=False)
+                      rules.check_traffic_policy, ("policy", "policies", "trafficpolicies"))
+MESH_SETTINGS = Kind("MeshSettings", pb.MeshSettings, "meshsettings", "mesh settings",
+                     rules.check_mesh_settings, namespaced=False)
 
 KINDS = {k.name: k for k in (SERVICE, ENDPOINT, ROUTE, TRAFFIC_POLICY, MESH_SETTINGS)}
 BY_SECTION = {k.section: k for k in KINDS.values()}
