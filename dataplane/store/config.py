@@ -4,9 +4,10 @@ stored, or none (a conflict with a concurrent writer retries the whole
 apply, which has no side effect outside the store)."""
 import ipaddress
 
-from dataplane.store import kinds
+from dataplane.store import codec, kinds
 from dataplane.store import registry as reg
 from dataplane.store import schema as cs
+from dataplane.store import snapshot as snap
 from dataplane.store import services as svcs
 from dataplane.errors import GlasswingError
 from dataplane.settings import SERVICE_RANGE
@@ -48,9 +49,9 @@ def apply(registry, documents: list) -> list:
                 doc["services"][key] = new
             else:
                 section = doc["config"][kinds.get(d.kind).section]
-                old = section.get(key)
-                action = "unchanged" if old == d.message else ("configured" if old else "created")
-                section[key] = d.message
+                old, new = section.get(key), codec.to_typed(d.message)
+                action = "unchanged" if old == new else ("configured" if old else "created")
+                section[key] = new
             out.append((d.kind, key, action))
         return out
     return registry.update(change)
@@ -59,7 +60,7 @@ def apply(registry, documents: list) -> list:
 def get(doc: dict, kind: str, name: str = None) -> list:
     """Documents (dicts as cs.to_dict makes them) of a kind, or one of them."""
     if kind == "Service":
-        items = {k: reg.service_from_dict(v) for k, v in doc["services"].items()}
+        items = {k: reg.service_snapshot(k, v) for k, v in doc["services"].items()}
     elif kind == "Endpoint":
         items = dict(doc["config"]["endpoint"])
         items.update(_published(doc))
@@ -69,22 +70,20 @@ def get(doc: dict, kind: str, name: str = None) -> list:
         key = _lookup_key(kind, name)
         if key not in items:
             raise GlasswingError(f"no {kind} {name!r}")
-        return [cs.to_dict(items[key], kind)]
-    return [cs.to_dict(items[k], kind) for k in sorted(items)]
+        return [cs.to_dict(codec.to_message(items[key]), kind)]
+    return [cs.to_dict(codec.to_message(items[k]), kind) for k in sorted(items)]
 
 
 def _published(doc) -> dict:
-    from dataplane.proto import config_pb2
+    """Endpoints the forwarders registered, as Endpoint objects keyed NS/SVC:PORT/POD:PORT."""
     out = {}
-    for key, e in doc["endpoints"].items():
+    for e in doc["endpoints"].values():
         ns, svc = e["service"].split("/", 1)
-        msg = config_pb2.Endpoint()
-        msg.metadata.name = f"{e['pod']}-{e['port']}"[:40].rstrip("-")
-        msg.metadata.namespace = ns
-        s = msg.spec
-        s.service, s.address, s.port = svc, e["ip"], e["port"]
-        s.health, s.node, s.pod, s.weight, s.zone = e["health"], e["node"], e["pod"], e.get("weight", 1), e.get("zone", "")
-        out[f"{ns}/{svc}:{e['service_port']}/{e['pod']}:{e['port']}"] = msg
+        out[f"{ns}/{svc}:{e['service_port']}/{e['pod']}:{e['port']}"] = snap.Endpoint(
+            metadata=snap.Metadata(name=f"{e['pod']}-{e['port']}"[:40].rstrip("-"), namespace=ns),
+            spec=snap.EndpointSpec(service=svc, address=e["ip"], port=e["port"], health=e["health"],
+                                   node=e["node"], pod=e["pod"], weight=e.get("weight", 1),
+                                   zone=e.get("zone", "")))
     return out
 
 

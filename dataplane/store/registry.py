@@ -5,8 +5,9 @@ rest of the code as one document.
 Keys (all under /glasswing/):
     meta                               cluster id (JSON)
     nodes/NAME, pods/NAME              node-local facts (JSON)
-    config/service/NS/NAME             Service (protobuf)
-    config/{route,trafficpolicy,...}/NS/NAME   other config (protobuf)
+    config/service/NS/NAME             Service (protobuf; a record in the document)
+    config/{route,trafficpolicy,...}/NS/NAME   other config (protobuf; its typed mirror from
+                                       snapshot.py in the document, see codec.py)
     endpoints/NODE/NS/SVC/POD:PORT     published by the node's forwarder under
                                        its lease, with health (JSON)
     index/KIND                         a guard bumped by every write of KIND
@@ -15,6 +16,9 @@ A transaction reads everything, lets the caller change the document, then
 commits only the keys that changed, compare-and-swap on each of them and on
 the guard of every kind it touched: two writers that read the same state
 cannot both commit, so no update is lost and no VIP is handed out twice.
+
+The document is the store layer's working copy (records and typed config objects, changed in
+transactions and by watch events); snapshot(doc) is what the rest of the dataplane reads.
 """
 import contextlib
 import json
@@ -23,17 +27,13 @@ import secrets
 from google.protobuf import json_format
 
 from dataplane.errors import GlasswingError
-from dataplane.store import kinds
+from dataplane.store import codec, kinds
+from dataplane.store import snapshot as snap
 from dataplane.store.kv import Conflict, Txn
 
 PREFIX = "/glasswing/"
 META = PREFIX + "meta"
 CONFIG_KINDS = tuple(k.section for k in kinds.CONFIG_KINDS)  # the sections of doc["config"]
-
-
-def _pb():
-    from dataplane.proto import config_pb2
-    return config_pb2
 
 
 # ---------------------------------------------------------------- services
@@ -51,27 +51,6 @@ def service_to_dict(msg) -> dict:
                        "weight": e.weight or 1, "zone": e.zone, "labels": dict(e.labels)} for e in s.endpoints],
         "selector": dict(s.selector) or None, "health_check": hc,
     }
-
-
-def service_from_dict(d: dict):
-    pb = _pb()
-    msg = pb.Service()
-    msg.metadata.name, msg.metadata.namespace = d["name"], d.get("namespace", "default")
-    msg.metadata.labels.update(d.get("labels") or {})
-    s = msg.spec
-    s.vip = d["vip"]
-    for p in d["ports"]:
-        s.ports.add(port=p["port"], target_port=p["target"], protocol=p.get("protocol") or "",
-                    name=p.get("name") or "")
-    for e in d.get("endpoints") or ():
-        ep = s.endpoints.add(pod=e.get("pod") or "", port=e.get("port") or 0,
-                             address=e.get("address") or "", weight=e.get("weight") or 1,
-                             zone=e.get("zone") or "")
-        ep.labels.update(e.get("labels") or {})
-    s.selector.update(d.get("selector") or {})
-    if d.get("health_check"):
-        json_format.ParseDict(d["health_check"], s.health_check)
-    return msg
 
 
 def service_key(namespace: str, name: str) -> str:
@@ -111,7 +90,7 @@ def apply_put(doc: dict, key: str, value: bytes) -> None:
         if k is kinds.SERVICE:
             doc["services"][service_key(ns, name)] = service_to_dict(msg)
         else:
-            doc["config"][sub][service_key(ns, name)] = msg
+            doc["config"][sub][service_key(ns, name)] = codec.to_typed(msg)
     elif kind == "endpoints":
         doc["endpoints"][key] = json.loads(value)
 
@@ -140,11 +119,71 @@ def encode(doc: dict) -> dict:
         for name, rec in doc[kind].items():
             out[f"{PREFIX}{kind}/{name}"] = json.dumps(rec, sort_keys=True).encode()
     for key, svc in doc["services"].items():
-        out[f"{PREFIX}config/{kinds.SERVICE.section}/{key}"] = service_from_dict(svc).SerializeToString(deterministic=True)
+        msg = codec.to_message(service_snapshot(key, svc))
+        out[f"{PREFIX}config/{kinds.SERVICE.section}/{key}"] = msg.SerializeToString(deterministic=True)
     for sub, objs in doc["config"].items():
-        for key, msg in objs.items():
-            out[f"{PREFIX}config/{sub}/{key}"] = msg.SerializeToString(deterministic=True)
+        for key, obj in objs.items():
+            out[f"{PREFIX}config/{sub}/{key}"] = codec.to_message(obj).SerializeToString(deterministic=True)
     return out
+
+
+# ---------------------------------------------------------------- snapshot
+
+def _frozen(labels) -> snap.Frozen:
+    return snap.Frozen(labels or {})
+
+
+def service_snapshot(key: str, d: dict) -> snap.Service:
+    """The typed Service for a service record of the document."""
+    hc = d.get("health_check")
+    return snap.Service(
+        metadata=snap.Metadata(name=d.get("name", key), namespace=d.get("namespace", "default"),
+                               labels=_frozen(d.get("labels"))),
+        spec=snap.ServiceSpec(
+            vip=d["vip"],
+            ports=tuple(snap.ServicePort(name=p.get("name") or "", port=p["port"], target_port=p["target"],
+                                         protocol=p.get("protocol") or "") for p in d["ports"]),
+            selector=_frozen(d.get("selector")),
+            endpoints=tuple(snap.StaticEndpoint(pod=e.get("pod") or "", port=e.get("port") or 0,
+                                                address=e.get("address") or "", labels=_frozen(e.get("labels")),
+                                                zone=e.get("zone") or "", weight=e.get("weight") or 1)
+                            for e in d.get("endpoints") or ()),
+            health_check=snap.HealthCheck(**hc) if hc else None))
+
+
+def _published(e: dict) -> snap.PublishedEndpoint:
+    return snap.PublishedEndpoint(service=e["service"], service_port=e["service_port"], pod=e["pod"],
+                                  node=e["node"], ip=e["ip"], port=e["port"], health=e.get("health") or "unknown",
+                                  zone=e.get("zone") or "", weight=e.get("weight") or 1,
+                                  labels=_frozen(e.get("labels")))
+
+
+def _pod(name: str, p: dict) -> snap.Pod:
+    return snap.Pod(name=name, node=p["node"], ip=p.get("ip") or "", namespace=p.get("namespace") or "default",
+                    labels=_frozen(p.get("labels")), fail_mode=p.get("fail_mode") or "open",
+                    zone=p.get("zone") or "")
+
+
+def _node(name: str, n: dict) -> snap.Node:
+    return snap.Node(name=name, ip=n.get("ip") or "", zone=n.get("zone") or "", pod_cidr=n.get("pod_cidr") or "")
+
+
+def snapshot(doc: dict) -> snap.Snapshot:
+    """The typed, immutable Snapshot of a document (as read(), decode() or a watch keep it).
+    Sections a document lacks are empty."""
+    config = doc.get("config", {})
+    mesh = config.get(kinds.MESH_SETTINGS.section, {}).get(
+        kinds.MESH_SETTINGS.doc_key("", kinds.MESH_SETTINGS_NAME))
+    return snap.Snapshot(
+        revision=doc.get("revision", 0), cluster=doc.get("cluster"),
+        nodes=snap.Frozen({n: _node(n, rec) for n, rec in doc.get("nodes", {}).items()}),
+        pods=snap.Frozen({n: _pod(n, rec) for n, rec in doc.get("pods", {}).items()}),
+        services=snap.Frozen({k: service_snapshot(k, rec) for k, rec in doc.get("services", {}).items()}),
+        endpoints=snap.Frozen({k: _published(rec) for k, rec in doc.get("endpoints", {}).items()}),
+        endpoint_objects=snap.Frozen(config.get(kinds.ENDPOINT.section, {})),
+        routes=snap.Frozen(config.get(kinds.ROUTE.section, {})),
+        traffic_policies=snap.Frozen(config.get(kinds.TRAFFIC_POLICY.section, {})),
+        mesh=mesh.spec if mesh is not None else None)
 
 
 def guard_of(key: str) -> str:

@@ -16,6 +16,7 @@ from dataplane.node.inbound import Inbound
 from dataplane.node.relays import RelaySink
 from dataplane.policy.state import Policies
 from dataplane.store.catalog import Catalog
+from dataplane.store import registry
 from dataplane.store.registry import _empty
 from dataplane.tunnel import codec as tc
 
@@ -46,8 +47,9 @@ class Node:
     def __init__(self, doc):
         self.counters = Counters()
         policies = Policies(rng=random.Random(1))
-        catalog = Catalog(doc)
-        policies.update(catalog, doc)
+        snapshot = registry.snapshot(doc)
+        catalog = Catalog(snapshot)
+        policies.update(catalog, snapshot)
         self.connects = []
         self.sink = RelaySink("copy")
         self.inbound = Inbound(node="n1", catalog=lambda: catalog, policies=policies,
