@@ -143,6 +143,19 @@ class Reconciler:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    async def caught_up(self, timeout: float = 10.0):
+        """Wait until the watch has reconciled every change up to the store's revision at the
+        time of asking: None, or why not within timeout seconds. Reconciles nothing itself, so
+        a change is reconciled once, from the watch."""
+        target = await asyncio.to_thread(self.store.kv.revision)
+        deadline = time.monotonic() + timeout
+        while self.doc["revision"] < target:
+            if time.monotonic() >= deadline:
+                return (f"the watch is at revision {self.doc['revision']}, the store at {target}, "
+                        f"after {timeout:g}s")
+            await asyncio.sleep(0.01)
+        return None
+
     def status(self) -> dict:
         return {"revision": self.doc["revision"],
                 "store": "unavailable" if self.store_lost is not None else "ok",

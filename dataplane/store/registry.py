@@ -196,6 +196,10 @@ class Registry:
     def __init__(self, kv, location: str = ""):
         self.kv = kv
         self.location = location
+        # The store revision of this registry's last transaction: the revision it committed at,
+        # or the one it read when it changed nothing. Followers that have reached it (a
+        # forwarder's admin status "revision") have seen the transaction's changes.
+        self.last_revision = 0
 
     def read(self) -> dict:
         """The whole document; cluster is None until the first write made it."""
@@ -230,6 +234,7 @@ class Registry:
             txn.puts[g] = (str(rev).encode(), 0)
         if txn.puts or txn.deletes:
             doc["revision"] = self.kv.commit(txn)
+        self.last_revision = doc["revision"]
 
     def update(self, fn, attempts: int = 20):
         """Run fn(doc) in a transaction, again on conflict: for changes with
