@@ -1,18 +1,18 @@
 """The kinds of configuration object, each described once.
 
 Everything that depends on the list of kinds reads it from here: the schema (which message a
-document becomes, how its names are described in errors), `glasswing apply/get/delete` (the
-spellings users may give), the registry (the store key of each object, which message its
-bytes decode to, which rules check it) and the snapshot (which typed section an object lands in).
+document becomes, which rules check it, how its names are described in errors), `glasswing
+apply/get/delete` (the spellings users may give), the registry (the store key of each object,
+which message its bytes decode to) and the snapshot (which typed section an object lands in).
 
 Key layout, for every kind:
     store key   /glasswing/config/SECTION/NAMESPACE/NAME   (NAMESPACE "-" for cluster-wide kinds)
     doc key     NAMESPACE/NAME                              (the same "-" for cluster-wide kinds)
-Services are kept in the store document as records (doc["services"], see registry.py); every
-other kind as its validated protobuf message in doc["config"][SECTION].
+In the store the value is the object's protobuf message. In the store document (registry.py)
+services are records (doc["services"]); every other kind is the typed mirror of its message
+(snapshot.py, via codec.py) in doc["config"][SECTION].
 """
 from dataclasses import dataclass
-
 from typing import Callable
 
 from dataplane.errors import GlasswingError
@@ -61,7 +61,7 @@ MESH_SETTINGS = Kind("MeshSettings", pb.MeshSettings, "meshsettings", "mesh sett
 
 KINDS = {k.name: k for k in (SERVICE, ENDPOINT, ROUTE, TRAFFIC_POLICY, MESH_SETTINGS)}
 BY_SECTION = {k.section: k for k in KINDS.values()}
-# Kinds kept as messages in doc["config"][section] (Service is kept as records in doc["services"]).
+# Kinds kept as typed objects in doc["config"][section] (Service as records in doc["services"]).
 CONFIG_KINDS = tuple(k for k in KINDS.values() if k is not SERVICE)
 _SPELLINGS = {word: k.name for k in KINDS.values() for word in k.spellings}
 
