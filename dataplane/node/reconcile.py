@@ -54,7 +54,7 @@ class Reconciler:
         self.doc = doc
         self._sync_pods({n: p for n, p in doc["pods"].items() if p["node"] == self.node})
         self._publish()
-        self._set_catalog(registry.snapshot(doc))
+        self._set_catalog(registry.snapshot(doc, self.snapshot))
         mesh = self.snapshot.mesh
         upstream = mesh.upstream_dns if mesh is not None else ""
         host, _, port = upstream.rpartition(":")
@@ -65,7 +65,7 @@ class Reconciler:
 
     def health_changed(self) -> None:
         self._publish()
-        self._set_catalog(registry.snapshot(self.doc))
+        self._set_catalog(registry.snapshot(self.doc, self.snapshot))
         self.maps.apply(desired(self.catalog, self.snapshot, self.node, self._cgroup_ids(), self.svc_ids))
 
     def _set_catalog(self, snapshot) -> None:

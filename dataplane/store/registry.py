@@ -130,7 +130,7 @@ def encode(doc: dict) -> dict:
 # ---------------------------------------------------------------- snapshot
 
 def _frozen(labels) -> snap.Frozen:
-    return snap.Frozen(labels or {})
+    return snap.Frozen(labels) if labels else snap.EMPTY
 
 
 def service_snapshot(key: str, d: dict) -> snap.Service:
@@ -151,7 +151,7 @@ def service_snapshot(key: str, d: dict) -> snap.Service:
             health_check=snap.HealthCheck(**hc) if hc else None))
 
 
-def _published(e: dict) -> snap.PublishedEndpoint:
+def _published(_key: str, e: dict) -> snap.PublishedEndpoint:
     return snap.PublishedEndpoint(service=e["service"], service_port=e["service_port"], pod=e["pod"],
                                   node=e["node"], ip=e["ip"], port=e["port"], health=e.get("health") or "unknown",
                                   zone=e.get("zone") or "", weight=e.get("weight") or 1,
@@ -168,22 +168,35 @@ def _node(name: str, n: dict) -> snap.Node:
     return snap.Node(name=name, ip=n.get("ip") or "", zone=n.get("zone") or "", pod_cidr=n.get("pod_cidr") or "")
 
 
-def snapshot(doc: dict) -> snap.Snapshot:
+_RECORDS = {"nodes": _node, "pods": _pod, "services": service_snapshot, "endpoints": _published}
+
+
+def snapshot(doc: dict, previous: snap.Snapshot = None) -> snap.Snapshot:
     """The typed, immutable Snapshot of a document (as read(), decode() or a watch keep it).
-    Sections a document lacks are empty."""
+    Sections a document lacks are empty.
+
+    previous: a Snapshot made from an earlier state of the same document. The typed object of
+    each node, pod, service and published endpoint whose record is still the very same object
+    is reused rather than made again, so a change costs what it touches. Only for documents
+    whose records are replaced, never changed in place, as apply_put and apply_delete do."""
+    before = previous.records if previous is not None else {}
+    records, typed = {}, {}
+    for section, make in _RECORDS.items():
+        old, kept, out = before.get(section, {}), {}, {}
+        for key, rec in doc.get(section, {}).items():
+            hit = old.get(key)
+            obj = hit[1] if hit is not None and hit[0] is rec else make(key, rec)
+            out[key], kept[key] = obj, (rec, obj)
+        records[section], typed[section] = kept, snap.Frozen(out)
     config = doc.get("config", {})
     mesh = config.get(kinds.MESH_SETTINGS.section, {}).get(
         kinds.MESH_SETTINGS.doc_key("", kinds.MESH_SETTINGS_NAME))
     return snap.Snapshot(
-        revision=doc.get("revision", 0), cluster=doc.get("cluster"),
-        nodes=snap.Frozen({n: _node(n, rec) for n, rec in doc.get("nodes", {}).items()}),
-        pods=snap.Frozen({n: _pod(n, rec) for n, rec in doc.get("pods", {}).items()}),
-        services=snap.Frozen({k: service_snapshot(k, rec) for k, rec in doc.get("services", {}).items()}),
-        endpoints=snap.Frozen({k: _published(rec) for k, rec in doc.get("endpoints", {}).items()}),
+        revision=doc.get("revision", 0), cluster=doc.get("cluster"), **typed,
         endpoint_objects=snap.Frozen(config.get(kinds.ENDPOINT.section, {})),
         routes=snap.Frozen(config.get(kinds.ROUTE.section, {})),
         traffic_policies=snap.Frozen(config.get(kinds.TRAFFIC_POLICY.section, {})),
-        mesh=mesh.spec if mesh is not None else None)
+        mesh=mesh.spec if mesh is not None else None, records=records)
 
 
 def guard_of(key: str) -> str:

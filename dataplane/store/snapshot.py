@@ -270,3 +270,6 @@ class Snapshot:
     routes: Frozen = _map()                 # "ns/name" -> Route
     traffic_policies: Frozen = _map()       # "ns/name" -> TrafficPolicy
     mesh: Optional[MeshSettingsSpec] = None  # the MeshSettings spec; None when none was applied
+    # The store layer's bookkeeping, not for consumers: {section: {key: (record, typed object)}}
+    # of the records this snapshot was made from, so the next one can reuse what did not change.
+    records: dict = field(default=None, compare=False, repr=False)

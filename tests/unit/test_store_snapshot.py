@@ -126,3 +126,22 @@ def test_snapshot_of_a_real_store(tmp_path, documents):
 def test_snapshot_of_a_partial_document():
     s = registry.snapshot({"pods": {"a": {"node": "n", "ip": "198.18.1.2"}}, "services": {}, "endpoints": {}})
     assert s.pods["a"] == snap.Pod("a", "n", "198.18.1.2") and s.mesh is None and s.revision == 0
+
+
+def test_a_snapshot_reuses_what_did_not_change_since_the_previous_one(tmp_path, documents):
+    store = registry.Registry(FileKV(str(tmp_path / "kv")), "test")
+    config_store.apply(store, documents)
+    doc = store.read()
+    doc["endpoints"]["/glasswing/endpoints/n1/shop/orders/80/a:8081"] = {
+        "service": "shop/orders", "service_port": 80, "pod": "a", "node": "n1", "ip": "198.18.1.2",
+        "port": 8081, "health": "healthy"}
+    first = registry.snapshot(doc)
+    # a watch event replaces the service's record; the endpoint's record stays the same object
+    registry.apply_put(doc, "/glasswing/config/service/shop/orders",
+                       codec.to_message(first.services["shop/orders"]).SerializeToString())
+    second = registry.snapshot(doc, first)
+    assert second == registry.snapshot(doc)
+    assert second.services["shop/orders"] == first.services["shop/orders"]
+    assert second.services["shop/orders"] is not first.services["shop/orders"]  # made again
+    key = "/glasswing/endpoints/n1/shop/orders/80/a:8081"
+    assert second.endpoints[key] is first.endpoints[key]  # reused
