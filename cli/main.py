@@ -225,8 +225,7 @@ def _config(ctl, args, cmd):
     if cmd == "apply":
         ctl.require_root()
         docs = cs.load_all(args.filename)
-        done = store.apply(ctl.store, docs)
-        ctl.notify()
+        done = ctl.apply(docs)
         emit([{"kind": k, "key": key, "action": a} for k, key, a in done], args.json,
              lambda rows: [print(f"{r['kind'].lower()}/{r['key']} {r['action']}") for r in rows])
         return 0
@@ -235,8 +234,7 @@ def _config(ctl, args, cmd):
         args.name = f"{args.namespace}/{args.name}"
     if cmd == "delete":
         ctl.require_root()
-        key = store.delete(ctl.store, kind, args.name)
-        ctl.notify()
+        key = ctl.delete(kind, args.name)
         print(f"{kind.lower()}/{key} deleted")
         return 0
     docs = store.get(ctl.store.read(), kind, args.name)

@@ -14,8 +14,8 @@ The retry budget and the local rate limit (answer 429 with local_reply(429, ...,
 when it refuses) are dataplane/policy/retry_budget.py and dataplane/policy/token_bucket.py.
 
 Randomness is always injected (a random.Random), so tests are exact.
-The Route messages come from dataplane/store/schema.py already validated with defaults filled;
-this module reads their fields and imports no protobuf module.
+The RouteSpecs come from the store Snapshot (dataplane/store/snapshot.py), validated with
+defaults filled; this module reads their fields and imports no protobuf module.
 
 Matching (RouteMatch): every field given must fit, an empty match fits everything.
   host      the request's Host (or the authority of an absolute-form target), lowercased, port
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from dataplane.http.h1 import IDEMPOTENT_METHODS, get_all_headers, get_header
+from dataplane.store.snapshot import RetryPolicy, RouteMatch
 
 # set_headers may not touch the framing or the connection: a rewrite that set Content-Length or
 # Transfer-Encoding would desynchronise us and the upstream (request smuggling).
@@ -99,7 +100,7 @@ def request_path(request) -> str:
 @dataclass(frozen=True)
 class CompiledRule:
     index: int  # position in RouteSpec.rules
-    rule: object  # the RouteRule message
+    rule: object  # the snapshot's RouteRule
     split: tuple  # ((subset dict, weight), ...); empty: every endpoint
     timeout_s: float  # whole request, None: none
     per_try_timeout_s: float  # None: none
@@ -137,14 +138,18 @@ class CompiledRule:
         return True
 
 
+_ANY = RouteMatch()        # an absent match fits everything
+_NO_RETRIES = RetryPolicy()
+
+
 def compile_rule(index, rule) -> CompiledRule:
-    m = rule.match
+    m = rule.match or _ANY
     host = m.host.lower().rstrip(".") or None
     suffix = None
     if host and host.startswith("*."):
         host, suffix = None, host[1:]
     split = tuple((dict(t.subset), t.weight) for t in rule.split)
-    policy = rule.retries
+    policy = rule.retries or _NO_RETRIES
     sets, ignored = [], []
     for name in sorted(rule.set_headers):
         if name.lower() in UNSETTABLE_HEADERS:
@@ -162,13 +167,13 @@ def compile_rule(index, rule) -> CompiledRule:
         path_regex=re.compile(m.path_regex) if m.path_regex else None,
         method=m.method.encode("ascii") if m.method else None,
         headers=tuple((k.lower().encode("latin-1"), v.encode("utf-8")) for k, v in sorted(m.headers.items())),
-        fault=compile_fault(rule.fault) if rule.HasField("fault") else None,
+        fault=compile_fault(rule.fault) if rule.fault is not None else None,
         retry_non_idempotent=policy.retry_non_idempotent,
     )
 
 
 def compile_fault(fault):
-    """A FaultInjection for a RouteRule's Fault message; None when it injects nothing."""
+    """A FaultInjection for a RouteRule's Fault; None when it injects nothing."""
     if not (fault.delay_percent and fault.delay_ms) and not fault.abort_percent:
         return None
     return FaultInjection(delay_ms=fault.delay_ms, delay_percent=fault.delay_percent,
@@ -176,7 +181,7 @@ def compile_fault(fault):
 
 
 class RouteTable:
-    """The rules of one RouteSpec (config_pb2.RouteSpec), compiled once; first match wins."""
+    """The rules of one RouteSpec (dataplane/store/snapshot.py), compiled once; first match wins."""
 
     def __init__(self, spec):
         self.service = spec.service
@@ -264,7 +269,7 @@ def retryable(method, outcome, policy, marked_safe: bool = False) -> bool:
     """Whether one failed try may be retried under policy (ignoring how many were made).
 
     method: bytes or str. outcome: a response status (int) or CONNECT_FAILURE or RESET.
-    policy: a CompiledRule, a RetryPolicy message or an iterable of `on` conditions.
+    policy: a CompiledRule, a RetryPolicy or an iterable of `on` conditions.
     Conditions (RetryPolicy.on): "connect-failure", "reset", "5xx" (any 5xx status, and also
     reset and connect failure, as in Envoy), "502", "503", "504" or any status code as text,
     "retriable-4xx" (409). Only idempotent methods (GET HEAD OPTIONS TRACE PUT DELETE) are

@@ -1,6 +1,6 @@
 """Keeps a node's pinned maps equal to the store, changing only what differs.
 
-Desired contents are computed from the store document as {key bytes: value
+Desired contents are computed from the store Snapshot as {key bytes: value
 bytes}; applying diffs them against what the maps hold, so a change to one
 service touches only its entries and established connections never notice.
 """
@@ -37,8 +37,9 @@ class ServiceIds:
         return self.ids[key]
 
 
-def desired(catalog, doc: dict, node: str, cgroup_ids: dict, ids: ServiceIds) -> dict:
-    """{map name: {key bytes: value bytes}} for services, backends and pods.
+def desired(catalog, snapshot, node: str, cgroup_ids: dict, ids: ServiceIds) -> dict:
+    """{map name: {key bytes: value bytes}} for services, backends and pods, from a
+    catalog and the store Snapshot it was built from (store/snapshot.py).
     Backends (for fail-open translation) are the registered healthy endpoints."""
     services, backends, pods = {}, {}, {}
     for (vip, port), sp in catalog.by_vip.items():
@@ -49,10 +50,10 @@ def desired(catalog, doc: dict, node: str, cgroup_ids: dict, ids: ServiceIds) ->
         for slot, ep in enumerate(sp.endpoints):
             backends[bytes(BackendKey(svc_id=sid, slot=slot))] = \
                 bytes(BackendValue(ip=_n32(ep.ip), port=_n16(ep.port)))
-    for pname, pod in doc["pods"].items():
+    for pname, pod in snapshot.pods.items():
         cid = cgroup_ids.get(pname)
-        if pod["node"] == node and cid is not None:
-            mode = GW_FAIL_CLOSED if pod.get("fail_mode") == "closed" else GW_FAIL_OPEN
+        if pod.node == node and cid is not None:
+            mode = GW_FAIL_CLOSED if pod.fail_mode == "closed" else GW_FAIL_OPEN
             pods[bytes(C.c_uint64(cid))] = bytes(PodSettings(fail_mode=mode))
     # Backends before services: a service never counts endpoints not yet written.
     return {"backends": backends, "services": services, "pods": pods}

@@ -1,7 +1,9 @@
 """The forwarder's admin socket: one JSON request per line, one JSON answer.
 
-Requests: {"cmd": "status"}, {"cmd": "sync"} (reconcile with the store now
-and answer when done), {"cmd": "shutdown"}."""
+Requests: {"cmd": "status"} (its "revision" is the store revision the forwarder
+has reconciled, from its store watch), {"cmd": "sync"} (answer the status once
+the watch has caught up with the store's revision now; it reconciles nothing
+itself), {"cmd": "shutdown"}."""
 import asyncio
 import json
 import os

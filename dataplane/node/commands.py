@@ -1,7 +1,8 @@
 """The admin socket's commands (dataplane/node/admin.py serves them) and the status answer.
 
   status      the forwarder's state: the base fields plus every collaborator's part
-  sync        reconcile with the store now, then status (answered when done)
+  sync        status once the store watch has caught up with the store's revision now (it
+              reconciles nothing itself: a change is reconciled once, from the watch)
   shutdown    ask the forwarder to stop
   relay       switch the relay mode of new connections ({"mode": ...}; the bench does)
 
@@ -16,7 +17,8 @@ from dataplane.relay import modes as relay_modes
 
 class AdminCommands:
     def __init__(self, *, node: str, sync, shutdown, relays, parts, counters: dict, errors: dict):
-        """sync(): reconcile with a fresh store read; shutdown(): ask the forwarder to stop;
+        """sync(): a coroutine waiting until the store watch has caught up with the store,
+        None or why it did not in time; shutdown(): ask the forwarder to stop;
         relays: the relay sink (its mode is switched here); parts: callables returning
         dicts merged into status."""
         self.node = node
@@ -28,8 +30,8 @@ class AdminCommands:
         if cmd == "status":
             return self.status()
         if cmd == "sync":
-            self._sync()
-            return self.status()
+            error = await self._sync()
+            return {"ok": False, "error": error} if error else self.status()
         if cmd == "shutdown":
             self._shutdown()
             return {"ok": True}

@@ -18,6 +18,8 @@ from dataplane.store.kv_open import open_kv
 from dataplane.store.registry import Registry
 from dataplane.settings import LOCAL_NODE, run_dir, store_url
 
+APPLY_TIMEOUT = 10.0  # seconds for the forwarders to apply a change (they usually take milliseconds)
+
 
 class Control:
     def __init__(self, node: str = LOCAL_NODE, store: str = None, run: str = None):
@@ -63,17 +65,50 @@ class Control:
             return None
         return pid if b"--foreground" in cmd else None
 
-    def notify(self, nodes=None, doc=None) -> dict:
-        """Ask the running forwarders (all, or of `nodes`) to sync now; {node: status}."""
-        doc = doc or self.store.read()
+    def wait_applied(self, nodes=None, revision: int = None, timeout: float = APPLY_TIMEOUT) -> dict:
+        """Wait until the running forwarders (all, or of `nodes`) have reconciled the store up to
+        `revision` (by default this Control's last store transaction): each reconciles from its
+        own store watch, and its admin status reports the revision it has reached. Returns
+        {node: status}, or {"ok": False, "error": ...} for a forwarder that did not answer.
+        Raises GlasswingError naming the forwarders still behind after timeout seconds."""
+        revision = self.store.last_revision if revision is None else revision
+        doc = self.store.read()
+        pending = {node: self.paths(node, doc)["admin"] for node in (nodes or list(doc["nodes"]))
+                   if self.forwarder_pid(node, doc)}
         out = {}
-        for node in (nodes or list(doc["nodes"])):
-            if self.forwarder_pid(node, doc):
+        deadline = time.monotonic() + timeout
+        while True:
+            for node, path in list(pending.items()):
                 try:
-                    out[node] = admin.request(self.paths(node, doc)["admin"], "sync")
+                    out[node] = admin.request(path, "status", timeout=max(deadline - time.monotonic(), 1.0))
                 except GlasswingError as e:
                     out[node] = {"ok": False, "error": str(e)}
-        return out
+                if not out[node].get("ok") or out[node].get("revision", 0) >= revision:
+                    del pending[node]
+            if not pending:
+                return out
+            if time.monotonic() >= deadline:
+                behind = ", ".join(f"{n} (at revision {out[n].get('revision')})" for n in sorted(pending))
+                raise GlasswingError(f"the store is at revision {revision} but the forwarder of {behind} "
+                                     f"did not catch up within {timeout:g}s; see `glasswing status`")
+            time.sleep(0.01)
+
+    # ------------------------------------------------------------ config
+
+    def apply(self, documents: list) -> list:
+        """Store validated documents (schema.load_all) in one transaction, then wait until the
+        running forwarders have applied them; [(kind, key, action)] as config.apply."""
+        from dataplane.store import config as config_store
+        done = config_store.apply(self.store, documents)
+        self.wait_applied()
+        return done
+
+    def delete(self, kind: str, name: str) -> str:
+        """Delete a config object, then wait until the running forwarders have applied that."""
+        from dataplane.store import config as config_store
+        key = config_store.delete(self.store, kind, name)
+        self.wait_applied()
+        return key
 
     def up(self, timeout: float = 90.0, relay: str | None = None) -> dict:
         """relay: the forwarder's relay mode (dataplane/relay/modes.py; None: its default)."""
@@ -160,7 +195,7 @@ class Control:
         self.require_root()
         with self.store.transaction() as doc:
             rec = topology.add_pod(doc, name, self.node, **kw)
-        answers = self.notify([self.node])
+        answers = self.wait_applied([self.node])
         st = answers.get(self.node)
         if st is not None and (not st.get("ok") or name not in st.get("pods", [])):
             why = (st.get("errors") or {}).get(f"pod {name}") or st.get("error") or "not attached"
@@ -175,7 +210,7 @@ class Control:
             for svc in doc["services"].values():
                 if any(ep.get("pod") == name for ep in svc["endpoints"]):
                     svc["endpoints"] = [ep for ep in svc["endpoints"] if ep.get("pod") != name]
-        self.notify([rec["node"]])  # the forwarder detaches before the pod goes
+        self.wait_applied([rec["node"]])  # its endpoints leave the forwarder before the pod goes
         with self.store.transaction() as doc:
             topology.remove_pod(doc, name)
         if not self.forwarder_pid(rec["node"], doc):
@@ -205,13 +240,13 @@ class Control:
     def service_add(self, name, **kw) -> dict:
         self.require_root()
         rec = self.store.update(lambda doc: svcs.add_service(doc, name, **kw))
-        self.notify()
+        self.wait_applied()
         return rec
 
     def service_rm(self, name) -> None:
         self.require_root()
         self.store.update(lambda doc: svcs.remove_service(doc, name))
-        self.notify()
+        self.wait_applied()
 
 
 def _last_line(path):

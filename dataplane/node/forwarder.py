@@ -121,7 +121,7 @@ class Forwarder:
                                connect_local=self.dialer.connect_local, relay=self.relays.relay,
                                counters=self.stats)
         self.acceptor = Acceptor(self._spawn, self.stats, self.errors)
-        self.admin = AdminCommands(node=node, sync=lambda: self.config.reconcile(store.read()),
+        self.admin = AdminCommands(node=node, sync=self.config.caught_up,
                                    shutdown=self.stopping.set, relays=self.relays,
                                    parts=[self.config.status, self.publisher.status, self.relays.status,
                                           self._status],

@@ -118,7 +118,11 @@ class Publisher:
             registry.apply_put(doc, k, v)
         for k in txn.deletes:
             registry.apply_delete(doc, k)
-        doc["revision"] = max(doc["revision"], rev)
+        # Only when no other writer committed since the revision we follow: moving past one would
+        # make the watch (which asks for events after doc["revision"]) skip its change. Otherwise
+        # our own writes come back through the watch, where applying them again changes nothing.
+        if rev == doc["revision"] + 1:
+            doc["revision"] = rev
 
     def _sync_checkers(self, checks: dict) -> None:
         """One checker per registered endpoint whose service asks for checks."""

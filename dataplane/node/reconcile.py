@@ -1,9 +1,10 @@
 """The store watch and the reconcile: the store document turned into this node's config.
 
-Reconciler is the one place where the forwarder reads the store document's config: reconcile(doc)
-brings, in order, the pods attached here (sync_pods), the published endpoints (publish), the
-catalog with the policy state, route tables and HTTP policies made from it, the DNS upstream,
-and the BPF maps (map_sync.desired) in line with doc. health_changed() does the same after
+Reconciler is the one place where the forwarder reads the store document's config, through the
+typed Snapshot the store layer makes of it (registry.snapshot): reconcile(doc) brings, in
+order, the pods attached here (sync_pods), the published endpoints (publish), the catalog with
+the policy state, route tables and HTTP policies made from it, the DNS upstream, and the BPF
+maps (map_sync.desired) in line with doc. health_changed() does the same after
 a health checker's status changed, with the document as it is.
 
 Others read the result: catalog, policies (the Policies given), http_policy(service, port),
@@ -43,7 +44,8 @@ class Reconciler:
         self.errors = errors
         self.maps = None
         self.svc_ids = ServiceIds()
-        self.catalog = Catalog(doc)
+        self.snapshot = registry.snapshot(doc)  # what catalog, policies and routes were built from
+        self.catalog = Catalog(self.snapshot)
         self.routes = {}  # service key -> http.route.RouteTable, from the Route objects
         self.http_policies = {}  # (service, port) -> HttpPolicy, made on first use per reconcile
         self.store_lost = None  # monotonic time the store went away
@@ -52,38 +54,41 @@ class Reconciler:
         self.doc = doc
         self._sync_pods({n: p for n, p in doc["pods"].items() if p["node"] == self.node})
         self._publish()
-        self._set_catalog(Catalog(doc))
-        settings = doc["config"]["meshsettings"].get("-/mesh")
-        upstream = settings.spec.upstream_dns if settings else ""
+        self._set_catalog(registry.snapshot(doc, self.snapshot))
+        mesh = self.snapshot.mesh
+        upstream = mesh.upstream_dns if mesh is not None else ""
         host, _, port = upstream.rpartition(":")
         self.resolver.upstream = (host, int(port)) if upstream else None
-        changed = self.maps.apply(desired(self.catalog, doc, self.node, self._cgroup_ids(), self.svc_ids))
+        changed = self.maps.apply(desired(self.catalog, self.snapshot, self.node, self._cgroup_ids(),
+                                          self.svc_ids))
         log.debug("revision %s: %d map entries changed", doc["revision"], changed)
 
     def health_changed(self) -> None:
         self._publish()
-        self._set_catalog(Catalog(self.doc))
-        self.maps.apply(desired(self.catalog, self.doc, self.node, self._cgroup_ids(), self.svc_ids))
+        self._set_catalog(registry.snapshot(self.doc, self.snapshot))
+        self.maps.apply(desired(self.catalog, self.snapshot, self.node, self._cgroup_ids(), self.svc_ids))
 
-    def _set_catalog(self, catalog) -> None:
-        """A new catalog, and the policy state brought in line with it."""
-        self.catalog = catalog
-        node = self.doc["nodes"].get(self.node) or {}
-        self.policies.update(catalog, self.doc, local_zone=node.get("zone", ""))
-        self.routes = self._route_tables(self.doc)
+    def _set_catalog(self, snapshot) -> None:
+        """A store Snapshot: the catalog built from it, and the policy state and route tables
+        brought in line with it."""
+        self.snapshot = snapshot
+        self.catalog = Catalog(snapshot)
+        node = snapshot.nodes.get(self.node)
+        self.policies.update(self.catalog, snapshot, local_zone=node.zone if node else "")
+        self.routes = self._route_tables(snapshot)
         self.http_policies = {}  # sessions ask per request, so the next request sees the change
 
-    def _route_tables(self, doc) -> dict:
+    def _route_tables(self, snapshot) -> dict:
         """{service key: RouteTable}. A Route names a service of its own namespace; when two
         name the same one, the first by key wins (as for TrafficPolicy)."""
         tables = {}
-        for rkey in sorted(doc["config"].get("route", {})):
-            msg = doc["config"]["route"][rkey]
-            skey = f"{rkey.split('/', 1)[0]}/{msg.spec.service}"
+        for rkey in sorted(snapshot.routes):
+            route = snapshot.routes[rkey]
+            skey = f"{rkey.split('/', 1)[0]}/{route.spec.service}"
             if skey in tables:
                 continue
             try:
-                tables[skey] = RouteTable(msg.spec)
+                tables[skey] = RouteTable(route.spec)
                 self.errors.pop(f"route {rkey}", None)
             except Exception as e:  # noqa: BLE001 - a bad route must not stop the others
                 self.errors[f"route {rkey}"] = str(e)
@@ -101,8 +106,8 @@ class Reconciler:
 
     def dns_suffix(self):
         """MeshSettings' DNS suffix, or None."""
-        settings = self.doc["config"]["meshsettings"].get("-/mesh")
-        return settings.spec.dns_suffix if settings else None
+        mesh = self.snapshot.mesh
+        return mesh.dns_suffix if mesh is not None else None
 
     async def watch(self) -> None:
         """Follow the store's changes; keep serving the last good config while
@@ -137,6 +142,19 @@ class Reconciler:
                 self.errors["store"] = f"unavailable for {time.monotonic() - self.store_lost:.0f}s: {e}"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def caught_up(self, timeout: float = 10.0):
+        """Wait until the watch has reconciled every change up to the store's revision at the
+        time of asking: None, or why not within timeout seconds. Reconciles nothing itself, so
+        a change is reconciled once, from the watch."""
+        target = await asyncio.to_thread(self.store.kv.revision)
+        deadline = time.monotonic() + timeout
+        while self.doc["revision"] < target:
+            if time.monotonic() >= deadline:
+                return (f"the watch is at revision {self.doc['revision']}, the store at {target}, "
+                        f"after {timeout:g}s")
+            await asyncio.sleep(0.01)
+        return None
 
     def status(self) -> dict:
         return {"revision": self.doc["revision"],

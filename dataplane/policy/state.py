@@ -1,4 +1,5 @@
-"""Per-service traffic policy state, built from TrafficPolicy objects: what
+"""Per-service traffic policy state, built from the TrafficPolicy objects of a
+store Snapshot (dataplane/store/snapshot.py): what
 the forwarder asks on every new outbound connection (admit it? which
 endpoint? how long to wait, retry where?) and tells back (connected,
 failed, closed). Sans-IO: the clock and the random source are injected.
@@ -62,12 +63,11 @@ class Settings:
 
 
 def settings_from(spec=None, default_connect_timeout: float = CONNECT_TIMEOUT) -> Settings:
-    """Settings for a TrafficPolicySpec, or the defaults for None. The schema
-    filled the documented defaults before the spec was stored."""
+    """Settings for a TrafficPolicySpec (store/snapshot.py), or the defaults for None. The
+    schema filled the documented defaults before the spec was stored."""
     if spec is None:
         return Settings(connect_timeout=default_connect_timeout)
-    od = spec.outlier_detection if spec.HasField("outlier_detection") else None
-    rl = spec.rate_limit if spec.HasField("rate_limit") else None
+    od, rl = spec.outlier_detection, spec.rate_limit
     return Settings(
         load_balancer=spec.load_balancer or "round_robin",
         connect_timeout=spec.connect_timeout_ms / 1000 if spec.connect_timeout_ms else default_connect_timeout,
@@ -80,20 +80,20 @@ def settings_from(spec=None, default_connect_timeout: float = CONNECT_TIMEOUT) -
         if rl is not None and rl.tokens_per_second else None)
 
 
-def specs_by_service(doc: dict) -> dict:
-    """{service key: TrafficPolicySpec}. A policy names a service of its own
-    namespace; when two name the same one, the first by key wins."""
+def specs_by_service(snapshot) -> dict:
+    """{service key: TrafficPolicySpec} of a store Snapshot. A policy names a
+    service of its own namespace; when two name the same one, the first by key wins."""
     out = {}
-    for pkey in sorted(doc["config"].get("trafficpolicy", {})):
-        msg = doc["config"]["trafficpolicy"][pkey]
+    for pkey in sorted(snapshot.traffic_policies):
+        policy = snapshot.traffic_policies[pkey]
         ns = pkey.split("/", 1)[0]
-        out.setdefault(f"{ns}/{msg.spec.service}", msg.spec)
+        out.setdefault(f"{ns}/{policy.spec.service}", policy.spec)
     return out
 
 
-def default_connect_timeout(doc: dict) -> float:
-    mesh = doc["config"].get("meshsettings", {}).get("-/mesh")
-    ms = mesh.spec.default_connect_timeout_ms if mesh is not None else 0
+def default_connect_timeout(snapshot) -> float:
+    """MeshSettings.default_connect_timeout_ms of a store Snapshot, in seconds, or settings'."""
+    ms = snapshot.mesh.default_connect_timeout_ms if snapshot.mesh is not None else 0
     return ms / 1000 if ms else CONNECT_TIMEOUT
 
 
@@ -255,13 +255,13 @@ class Policies:
         self.explicit: dict = {}   # service key -> Settings, for services with a TrafficPolicy
         self._catalog = None
 
-    def update(self, catalog, doc: dict, local_zone: str = None) -> None:
-        """Bring the state in line with a new catalog and document."""
+    def update(self, catalog, snapshot, local_zone: str = None) -> None:
+        """Bring the state in line with a new catalog and the store Snapshot it was built from."""
         if local_zone is not None:
             self.local_zone = local_zone
-        self.default = settings_from(None, default_connect_timeout(doc))
+        self.default = settings_from(None, default_connect_timeout(snapshot))
         self.explicit = {key: settings_from(spec, self.default.connect_timeout)
-                         for key, spec in specs_by_service(doc).items()}
+                         for key, spec in specs_by_service(snapshot).items()}
         self._catalog = catalog
         present = {key for key, _port in catalog.by_name}
         keep = {}

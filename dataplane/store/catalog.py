@@ -1,7 +1,7 @@
 """The forwarder's view of the store, indexed for what each connection and
 each DNS query asks: service by VIP:port, endpoints of a service port,
-VIP by name. Rebuilt on every store change (off the per-connection path),
-read-only in between."""
+VIP by name. Built from a store Snapshot on every store change (off the
+per-connection path), read-only in between."""
 from dataclasses import dataclass, field
 
 SOCKET_LB_LABEL = "glasswing.dev/lb"  # "socket": load balance in connect4
@@ -38,43 +38,42 @@ class ServicePort:
 
 
 class Catalog:
-    def __init__(self, doc: dict):
-        self.revision = doc.get("revision", 0)
+    """Built from a store Snapshot (store/snapshot.py), and from nothing else."""
+
+    def __init__(self, snapshot):
+        self.revision = snapshot.revision
         self.by_vip = {}      # (vip, port) -> ServicePort
         self.by_name = {}     # (service key, port) -> ServicePort
         self.vips = {}        # (namespace, name) -> vip
         self._dns_names = None
-        for key, svc in doc["services"].items():
-            ns, name = svc.get("namespace", "default"), svc.get("name", key)
-            self.vips[(ns, name)] = svc["vip"]
-            for m in svc["ports"]:
-                sp = ServicePort(key, m["port"], m["target"], protocol=m.get("protocol") or "",
-                                 socket_lb=svc.get("labels", {}).get(SOCKET_LB_LABEL) == "socket")
-                self.by_vip[(svc["vip"], m["port"])] = sp
-                self.by_name[(key, m["port"])] = sp
+        for key, svc in snapshot.services.items():
+            md, spec = svc.metadata, svc.spec
+            self.vips[(md.namespace, md.name)] = spec.vip
+            for m in spec.ports:
+                sp = ServicePort(key, m.port, m.target_port, protocol=m.protocol,
+                                 socket_lb=md.labels.get(SOCKET_LB_LABEL) == "socket")
+                self.by_vip[(spec.vip, m.port)] = sp
+                self.by_name[(key, m.port)] = sp
                 # endpoints given by address are outside any pod: reached directly
-                for ep in svc["endpoints"]:
-                    if ep.get("address"):
-                        sp.endpoints.append(Endpoint(None, None, ep["address"], ep["port"] or m["target"],
-                                                     ep.get("weight") or 1, ep.get("zone") or "",
-                                                     dict(ep.get("labels") or {})))
+                for ep in spec.endpoints:
+                    if ep.address:
+                        sp.endpoints.append(Endpoint(None, None, ep.address, ep.port or m.target_port,
+                                                     ep.weight or 1, ep.zone, ep.labels))
         # Endpoint objects a user applied, for every port of their service
-        for ekey, msg in doc.get("config", {}).get("endpoint", {}).items():
-            s = msg.spec
+        for ekey, obj in snapshot.endpoint_objects.items():
+            s = obj.spec
             if s.health == "unhealthy":
                 continue
             skey = f"{ekey.split('/', 1)[0]}/{s.service}"
             for (k, _port), sp in self.by_name.items():
                 if k == skey:
-                    sp.endpoints.append(Endpoint(None, None, s.address, s.port, s.weight or 1, s.zone,
-                                                 dict(s.labels)))
+                    sp.endpoints.append(Endpoint(None, None, s.address, s.port, s.weight or 1, s.zone, s.labels))
         # endpoints as their nodes' forwarders registered them (leased), in key order
-        for ekey in sorted(doc["endpoints"]):
-            e = doc["endpoints"][ekey]
-            sp = self.by_name.get((e["service"], e["service_port"]))
-            if sp is not None and e.get("health") != "unhealthy":
-                sp.endpoints.append(Endpoint(e["pod"], e["node"], e["ip"], e["port"], e.get("weight") or 1,
-                                             e.get("zone") or "", dict(e.get("labels") or {})))
+        for ekey in sorted(snapshot.endpoints):
+            e = snapshot.endpoints[ekey]
+            sp = self.by_name.get((e.service, e.service_port))
+            if sp is not None and e.health != "unhealthy":
+                sp.endpoints.append(Endpoint(e.pod, e.node, e.ip, e.port, e.weight or 1, e.zone, e.labels))
 
     @property
     def dns_names(self):

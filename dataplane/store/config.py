@@ -4,34 +4,19 @@ stored, or none (a conflict with a concurrent writer retries the whole
 apply, which has no side effect outside the store)."""
 import ipaddress
 
-from dataplane.store import schema as cs
+from dataplane.store import codec, kinds
 from dataplane.store import registry as reg
+from dataplane.store import schema as cs
+from dataplane.store import snapshot as snap
 from dataplane.store import services as svcs
 from dataplane.errors import GlasswingError
 from dataplane.settings import SERVICE_RANGE
 
-# user spelling -> (kind, doc section)
-KIND_ALIASES = {}
-for _kind in cs.KINDS:
-    for _alias in (_kind.lower(), _kind.lower() + "s"):
-        KIND_ALIASES[_alias] = _kind
-KIND_ALIASES.update({"svc": "Service", "policy": "TrafficPolicy", "policies": "TrafficPolicy",
-                     "trafficpolicies": "TrafficPolicy", "ep": "Endpoint"})
-SECTION = {"Route": "route", "TrafficPolicy": "trafficpolicy", "MeshSettings": "meshsettings",
-           "Endpoint": "endpoint"}
-
-
-def kind_of(word: str) -> str:
-    kind = KIND_ALIASES.get(word.lower())
-    if kind is None:
-        raise GlasswingError(f"unknown kind {word!r} (expected one of {', '.join(sorted(cs.KINDS))})")
-    return kind
+kind_of = kinds.kind_of  # a user's spelling ("svc", "policies") -> kind name
 
 
 def _doc_key(d: cs.Document) -> str:
-    if d.kind == "MeshSettings":
-        return f"-/{d.name}"
-    return f"{d.namespace or 'default'}/{d.name}"
+    return kinds.get(d.kind).doc_key(d.namespace, d.name)
 
 
 def _free_vip(doc, taken) -> str:
@@ -63,10 +48,10 @@ def apply(registry, documents: list) -> list:
                 action = "unchanged" if old == new else ("configured" if old else "created")
                 doc["services"][key] = new
             else:
-                section = doc["config"][SECTION[d.kind]]
-                old = section.get(key)
-                action = "unchanged" if old == d.message else ("configured" if old else "created")
-                section[key] = d.message
+                section = doc["config"][kinds.get(d.kind).section]
+                old, new = section.get(key), codec.to_typed(d.message)
+                action = "unchanged" if old == new else ("configured" if old else "created")
+                section[key] = new
             out.append((d.kind, key, action))
         return out
     return registry.update(change)
@@ -75,38 +60,36 @@ def apply(registry, documents: list) -> list:
 def get(doc: dict, kind: str, name: str = None) -> list:
     """Documents (dicts as cs.to_dict makes them) of a kind, or one of them."""
     if kind == "Service":
-        items = {k: reg.service_from_dict(v) for k, v in doc["services"].items()}
+        items = {k: reg.service_snapshot(k, v) for k, v in doc["services"].items()}
     elif kind == "Endpoint":
         items = dict(doc["config"]["endpoint"])
         items.update(_published(doc))
     else:
-        items = doc["config"][SECTION[kind]]
+        items = doc["config"][kinds.get(kind).section]
     if name is not None:
         key = _lookup_key(kind, name)
         if key not in items:
             raise GlasswingError(f"no {kind} {name!r}")
-        return [cs.to_dict(items[key], kind)]
-    return [cs.to_dict(items[k], kind) for k in sorted(items)]
+        return [cs.to_dict(codec.to_message(items[key]), kind)]
+    return [cs.to_dict(codec.to_message(items[k]), kind) for k in sorted(items)]
 
 
 def _published(doc) -> dict:
-    from dataplane.proto import config_pb2
+    """Endpoints the forwarders registered, as Endpoint objects keyed NS/SVC:PORT/POD:PORT."""
     out = {}
-    for key, e in doc["endpoints"].items():
+    for e in doc["endpoints"].values():
         ns, svc = e["service"].split("/", 1)
-        msg = config_pb2.Endpoint()
-        msg.metadata.name = f"{e['pod']}-{e['port']}"[:40].rstrip("-")
-        msg.metadata.namespace = ns
-        s = msg.spec
-        s.service, s.address, s.port = svc, e["ip"], e["port"]
-        s.health, s.node, s.pod, s.weight, s.zone = e["health"], e["node"], e["pod"], e.get("weight", 1), e.get("zone", "")
-        out[f"{ns}/{svc}:{e['service_port']}/{e['pod']}:{e['port']}"] = msg
+        out[f"{ns}/{svc}:{e['service_port']}/{e['pod']}:{e['port']}"] = snap.Endpoint(
+            metadata=snap.Metadata(name=f"{e['pod']}-{e['port']}"[:40].rstrip("-"), namespace=ns),
+            spec=snap.EndpointSpec(service=svc, address=e["ip"], port=e["port"], health=e["health"],
+                                   node=e["node"], pod=e["pod"], weight=e.get("weight", 1),
+                                   zone=e.get("zone", "")))
     return out
 
 
 def _lookup_key(kind, name) -> str:
-    if kind == "MeshSettings":
-        return f"-/{name}"
+    if not kinds.get(kind).namespaced:
+        return kinds.get(kind).doc_key("", name)
     return svcs.key_of(name) if "/" in name or kind != "Endpoint" else f"default/{name}"
 
 
@@ -114,7 +97,7 @@ def delete(registry, kind: str, name: str) -> str:
     key = _lookup_key(kind, name)
 
     def change(doc):
-        section = doc["services"] if kind == "Service" else doc["config"][SECTION[kind]]
+        section = doc["services"] if kind == "Service" else doc["config"][kinds.get(kind).section]
         if key not in section:
             raise GlasswingError(f"no {kind} {name!r}")
         del section[key]

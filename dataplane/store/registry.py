@@ -5,8 +5,9 @@ rest of the code as one document.
 Keys (all under /glasswing/):
     meta                               cluster id (JSON)
     nodes/NAME, pods/NAME              node-local facts (JSON)
-    config/service/NS/NAME             Service (protobuf)
-    config/{route,trafficpolicy,...}/NS/NAME   other config (protobuf)
+    config/service/NS/NAME             Service (protobuf; a record in the document)
+    config/{route,trafficpolicy,...}/NS/NAME   other config (protobuf; its typed mirror from
+                                       snapshot.py in the document, see codec.py)
     endpoints/NODE/NS/SVC/POD:PORT     published by the node's forwarder under
                                        its lease, with health (JSON)
     index/KIND                         a guard bumped by every write of KIND
@@ -15,6 +16,9 @@ A transaction reads everything, lets the caller change the document, then
 commits only the keys that changed, compare-and-swap on each of them and on
 the guard of every kind it touched: two writers that read the same state
 cannot both commit, so no update is lost and no VIP is handed out twice.
+
+The document is the store layer's working copy (records and typed config objects, changed in
+transactions and by watch events); snapshot(doc) is what the rest of the dataplane reads.
 """
 import contextlib
 import json
@@ -23,16 +27,13 @@ import secrets
 from google.protobuf import json_format
 
 from dataplane.errors import GlasswingError
+from dataplane.store import codec, kinds
+from dataplane.store import snapshot as snap
 from dataplane.store.kv import Conflict, Txn
 
 PREFIX = "/glasswing/"
 META = PREFIX + "meta"
-CONFIG_KINDS = ("route", "trafficpolicy", "meshsettings", "endpoint")
-
-
-def _pb():
-    from dataplane.proto import config_pb2
-    return config_pb2
+CONFIG_KINDS = tuple(k.section for k in kinds.CONFIG_KINDS)  # the sections of doc["config"]
 
 
 # ---------------------------------------------------------------- services
@@ -50,27 +51,6 @@ def service_to_dict(msg) -> dict:
                        "weight": e.weight or 1, "zone": e.zone, "labels": dict(e.labels)} for e in s.endpoints],
         "selector": dict(s.selector) or None, "health_check": hc,
     }
-
-
-def service_from_dict(d: dict):
-    pb = _pb()
-    msg = pb.Service()
-    msg.metadata.name, msg.metadata.namespace = d["name"], d.get("namespace", "default")
-    msg.metadata.labels.update(d.get("labels") or {})
-    s = msg.spec
-    s.vip = d["vip"]
-    for p in d["ports"]:
-        s.ports.add(port=p["port"], target_port=p["target"], protocol=p.get("protocol") or "",
-                    name=p.get("name") or "")
-    for e in d.get("endpoints") or ():
-        ep = s.endpoints.add(pod=e.get("pod") or "", port=e.get("port") or 0,
-                             address=e.get("address") or "", weight=e.get("weight") or 1,
-                             zone=e.get("zone") or "")
-        ep.labels.update(e.get("labels") or {})
-    s.selector.update(d.get("selector") or {})
-    if d.get("health_check"):
-        json_format.ParseDict(d["health_check"], s.health_check)
-    return msg
 
 
 def service_key(namespace: str, name: str) -> str:
@@ -102,16 +82,15 @@ def apply_put(doc: dict, key: str, value: bytes) -> None:
         doc[kind][parts[1]] = json.loads(value)
     elif kind == "config" and len(parts) == 4:
         sub, ns, name = parts[1:]
-        if sub == "service":
-            msg = _pb().Service()
-            msg.ParseFromString(value)
+        k = kinds.BY_SECTION.get(sub)
+        if k is None:
+            return
+        msg = k.message()
+        msg.ParseFromString(value)
+        if k is kinds.SERVICE:
             doc["services"][service_key(ns, name)] = service_to_dict(msg)
-        elif sub in doc["config"]:
-            cls = {"route": "Route", "trafficpolicy": "TrafficPolicy", "meshsettings": "MeshSettings",
-                   "endpoint": "Endpoint"}[sub]
-            msg = getattr(_pb(), cls)()
-            msg.ParseFromString(value)
-            doc["config"][sub][service_key(ns, name)] = msg
+        else:
+            doc["config"][sub][service_key(ns, name)] = codec.to_typed(msg)
     elif kind == "endpoints":
         doc["endpoints"][key] = json.loads(value)
 
@@ -123,7 +102,7 @@ def apply_delete(doc: dict, key: str) -> None:
         doc[kind].pop(parts[1], None)
     elif kind == "config" and len(parts) == 4:
         sub, ns, name = parts[1:]
-        if sub == "service":
+        if sub == kinds.SERVICE.section:
             doc["services"].pop(service_key(ns, name), None)
         elif sub in doc["config"]:
             doc["config"][sub].pop(service_key(ns, name), None)
@@ -140,11 +119,84 @@ def encode(doc: dict) -> dict:
         for name, rec in doc[kind].items():
             out[f"{PREFIX}{kind}/{name}"] = json.dumps(rec, sort_keys=True).encode()
     for key, svc in doc["services"].items():
-        out[f"{PREFIX}config/service/{key}"] = service_from_dict(svc).SerializeToString(deterministic=True)
+        msg = codec.to_message(service_snapshot(key, svc))
+        out[f"{PREFIX}config/{kinds.SERVICE.section}/{key}"] = msg.SerializeToString(deterministic=True)
     for sub, objs in doc["config"].items():
-        for key, msg in objs.items():
-            out[f"{PREFIX}config/{sub}/{key}"] = msg.SerializeToString(deterministic=True)
+        for key, obj in objs.items():
+            out[f"{PREFIX}config/{sub}/{key}"] = codec.to_message(obj).SerializeToString(deterministic=True)
     return out
+
+
+# ---------------------------------------------------------------- snapshot
+
+def _frozen(labels) -> snap.Frozen:
+    return snap.Frozen(labels) if labels else snap.EMPTY
+
+
+def service_snapshot(key: str, d: dict) -> snap.Service:
+    """The typed Service for a service record of the document."""
+    hc = d.get("health_check")
+    return snap.Service(
+        metadata=snap.Metadata(name=d.get("name", key), namespace=d.get("namespace", "default"),
+                               labels=_frozen(d.get("labels"))),
+        spec=snap.ServiceSpec(
+            vip=d["vip"],
+            ports=tuple(snap.ServicePort(name=p.get("name") or "", port=p["port"], target_port=p["target"],
+                                         protocol=p.get("protocol") or "") for p in d["ports"]),
+            selector=_frozen(d.get("selector")),
+            endpoints=tuple(snap.StaticEndpoint(pod=e.get("pod") or "", port=e.get("port") or 0,
+                                                address=e.get("address") or "", labels=_frozen(e.get("labels")),
+                                                zone=e.get("zone") or "", weight=e.get("weight") or 1)
+                            for e in d.get("endpoints") or ()),
+            health_check=snap.HealthCheck(**hc) if hc else None))
+
+
+def _published(_key: str, e: dict) -> snap.PublishedEndpoint:
+    return snap.PublishedEndpoint(service=e["service"], service_port=e["service_port"], pod=e["pod"],
+                                  node=e["node"], ip=e["ip"], port=e["port"], health=e.get("health") or "unknown",
+                                  zone=e.get("zone") or "", weight=e.get("weight") or 1,
+                                  labels=_frozen(e.get("labels")))
+
+
+def _pod(name: str, p: dict) -> snap.Pod:
+    return snap.Pod(name=name, node=p["node"], ip=p.get("ip") or "", namespace=p.get("namespace") or "default",
+                    labels=_frozen(p.get("labels")), fail_mode=p.get("fail_mode") or "open",
+                    zone=p.get("zone") or "")
+
+
+def _node(name: str, n: dict) -> snap.Node:
+    return snap.Node(name=name, ip=n.get("ip") or "", zone=n.get("zone") or "", pod_cidr=n.get("pod_cidr") or "")
+
+
+_RECORDS = {"nodes": _node, "pods": _pod, "services": service_snapshot, "endpoints": _published}
+
+
+def snapshot(doc: dict, previous: snap.Snapshot = None) -> snap.Snapshot:
+    """The typed, immutable Snapshot of a document (as read(), decode() or a watch keep it).
+    Sections a document lacks are empty.
+
+    previous: a Snapshot made from an earlier state of the same document. The typed object of
+    each node, pod, service and published endpoint whose record is still the very same object
+    is reused rather than made again, so a change costs what it touches. Only for documents
+    whose records are replaced, never changed in place, as apply_put and apply_delete do."""
+    before = previous.records if previous is not None else {}
+    records, typed = {}, {}
+    for section, make in _RECORDS.items():
+        old, kept, out = before.get(section, {}), {}, {}
+        for key, rec in doc.get(section, {}).items():
+            hit = old.get(key)
+            obj = hit[1] if hit is not None and hit[0] is rec else make(key, rec)
+            out[key], kept[key] = obj, (rec, obj)
+        records[section], typed[section] = kept, snap.Frozen(out)
+    config = doc.get("config", {})
+    mesh = config.get(kinds.MESH_SETTINGS.section, {}).get(
+        kinds.MESH_SETTINGS.doc_key("", kinds.MESH_SETTINGS_NAME))
+    return snap.Snapshot(
+        revision=doc.get("revision", 0), cluster=doc.get("cluster"), **typed,
+        endpoint_objects=snap.Frozen(config.get(kinds.ENDPOINT.section, {})),
+        routes=snap.Frozen(config.get(kinds.ROUTE.section, {})),
+        traffic_policies=snap.Frozen(config.get(kinds.TRAFFIC_POLICY.section, {})),
+        mesh=mesh.spec if mesh is not None else None, records=records)
 
 
 def guard_of(key: str) -> str:
@@ -157,6 +209,10 @@ class Registry:
     def __init__(self, kv, location: str = ""):
         self.kv = kv
         self.location = location
+        # The store revision of this registry's last transaction: the revision it committed at,
+        # or the one it read when it changed nothing. Followers that have reached it (a
+        # forwarder's admin status "revision") have seen the transaction's changes.
+        self.last_revision = 0
 
     def read(self) -> dict:
         """The whole document; cluster is None until the first write made it."""
@@ -191,6 +247,7 @@ class Registry:
             txn.puts[g] = (str(rev).encode(), 0)
         if txn.puts or txn.deletes:
             doc["revision"] = self.kv.commit(txn)
+        self.last_revision = doc["revision"]
 
     def update(self, fn, attempts: int = 20):
         """Run fn(doc) in a transaction, again on conflict: for changes with

@@ -24,6 +24,7 @@ from dataplane.kernel.hooks import HOOKS
 from dataplane.kernel.programs import Programs, attached, detach_stale
 from dataplane.kernel.map_sync import MapState, ServiceIds, desired
 from dataplane.kernel.structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue
+from dataplane.store import registry
 from dataplane.store.catalog import Catalog
 from lab.cluster import pod_preexec
 from tests.support.need import need_root_and_bpf
@@ -188,7 +189,8 @@ def test_map_updates_are_incremental(world):
     maps, ids = world["maps"], ServiceIds()  # one ServiceIds for the maps' lifetime, as in the forwarder
 
     def apply(doc, cgroup_ids):
-        return maps.apply(desired(Catalog(doc), doc, "n", cgroup_ids, ids))
+        snapshot = registry.snapshot(doc)
+        return maps.apply(desired(Catalog(snapshot), snapshot, "n", cgroup_ids, ids))
 
     doc = {"services": {}, "pods": {}, "endpoints": {}}
     assert apply(doc, {}) == 0

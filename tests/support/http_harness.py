@@ -10,6 +10,7 @@ each misbehaviour; Client reads responses with h1.ResponseParser. setup() builds
 import asyncio
 import socket
 
+from dataplane.store import codec
 from dataplane.store import schema as cs
 from dataplane.http import h1 as h
 from dataplane.http import route as hr
@@ -25,7 +26,7 @@ CLOSE, RESET = "close", "reset"
 def routes(*rules):
     doc = {"apiVersion": cs.API_VERSION, "kind": "Route", "metadata": {"name": "r"},
            "spec": {"service": "web", "rules": list(rules)}}
-    return hr.RouteTable(cs.validate(doc, "test", 1).spec)
+    return hr.RouteTable(codec.to_typed(cs.validate(doc, "test", 1)).spec)
 
 
 def ok(body=b"ok", extra=b""):

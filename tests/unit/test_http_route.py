@@ -3,6 +3,7 @@ from collections import Counter
 
 import pytest
 
+from dataplane.store import codec
 from dataplane.store import schema as cs
 from dataplane.http import h1 as h
 from dataplane.http import route as hr
@@ -10,10 +11,10 @@ from dataplane.proto import config_pb2 as pb
 
 
 def route(*rules):
-    """A RouteSpec as config_schema stores it, from camelCase rule dicts."""
+    """A RouteSpec as the store's snapshot holds it, from camelCase rule dicts."""
     doc = {"apiVersion": cs.API_VERSION, "kind": "Route", "metadata": {"name": "r"},
            "spec": {"service": "web", "rules": list(rules)}}
-    return cs.validate(doc, "test", 1).spec
+    return codec.to_typed(cs.validate(doc, "test", 1)).spec
 
 
 def req(target=b"/", method=b"GET", host=b"web.local", headers=()):

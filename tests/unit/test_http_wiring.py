@@ -12,6 +12,7 @@ from dataplane.store.catalog import Catalog
 from dataplane.policy.circuit_breaker import CircuitBreaker
 from dataplane.http.proxy import NoEndpoint, ServicePolicy
 from dataplane.policy.state import Policies
+from dataplane.store import registry
 from dataplane.store.registry import _empty
 
 from tests.support.http_harness import RESET, Client, ok, routes, setup, status
@@ -117,9 +118,10 @@ def mesh(endpoints, spec=None):
             "ip": f"198.18.1.{i + 2}", "port": 8080, "health": "healthy", "labels": labels}
     if spec is not None:
         doc["config"]["trafficpolicy"]["default/p"] = spec
-    catalog = Catalog(doc)
+    snapshot = registry.snapshot(doc)
+    catalog = Catalog(snapshot)
     policies = Policies(rng=random.Random(1))
-    policies.update(catalog, doc)
+    policies.update(catalog, snapshot)
     return catalog, policies, Counters()
 
 
@@ -135,10 +137,11 @@ class Pod:
 
 
 def outlier_policy():
+    from dataplane.store import codec
     from dataplane.store import schema as cs
     doc = {"apiVersion": cs.API_VERSION, "kind": "TrafficPolicy", "metadata": {"name": "p"},
            "spec": {"service": "web", "outlierDetection": {"consecutiveFailures": 2, "maxEjectionPercent": 50}}}
-    return cs.validate(doc, "test", 1)
+    return codec.to_typed(cs.validate(doc, "test", 1))
 
 
 def test_mesh_upstreams_pick_by_subset_and_avoid_tried():

@@ -14,6 +14,7 @@ from dataplane.node.inbound import Inbound
 from dataplane.node.relays import RelaySink
 from dataplane.policy.state import Policies
 from dataplane.store.catalog import Catalog
+from dataplane.store import registry
 from dataplane.store.registry import _empty
 from dataplane.tunnel import codec as tc
 
@@ -43,8 +44,9 @@ class Node(LoopbackListener):
         super().__init__()
         self.counters = Counters()
         policies = Policies(rng=random.Random(1))
-        catalog = Catalog(doc)
-        policies.update(catalog, doc)
+        snapshot = registry.snapshot(doc)
+        catalog = Catalog(snapshot)
+        policies.update(catalog, snapshot)
         self.connects = []
         self.sink = RelaySink("copy")
         self.inbound = Inbound(node="n1", catalog=lambda: catalog, policies=policies,

@@ -19,6 +19,7 @@ from dataplane.node.mesh_http import MeshHttp
 from dataplane.node.outbound import Outbound
 from dataplane.node.relays import RelaySink
 from dataplane.policy.state import Policies
+from dataplane.store import codec, registry
 from dataplane.store import schema as cs
 from dataplane.store.catalog import Catalog
 from dataplane.store.registry import _empty
@@ -41,9 +42,9 @@ def mesh_doc(ports, protocol="tcp", policy=None):
             "service": "default/web", "service_port": 80, "pod": f"p{i}", "node": "n1",
             "ip": "127.0.0.1", "port": port, "health": "healthy", "labels": {}}
     if policy is not None:
-        doc["config"]["trafficpolicy"]["default/p"] = cs.validate(
+        doc["config"]["trafficpolicy"]["default/p"] = codec.to_typed(cs.validate(
             {"apiVersion": cs.API_VERSION, "kind": "TrafficPolicy", "metadata": {"name": "p"},
-             "spec": {"service": "web", **policy}}, "test", 1)
+             "spec": {"service": "web", **policy}}, "test", 1))
     return doc
 
 
@@ -70,8 +71,9 @@ class Node(LoopbackListener):
         super().__init__()
         self.counters, self.errors = Counters(), {}
         self.policies = Policies(rng=random.Random(7), **({"clock": clock} if clock else {}))
-        self.catalog = Catalog(doc)
-        self.policies.update(self.catalog, doc)
+        snapshot = registry.snapshot(doc)
+        self.catalog = Catalog(snapshot)
+        self.policies.update(self.catalog, snapshot)
         self.dialer = LoopbackDialer()
         self.outbound = None
         self.sink = RelaySink(relay, on_gone=lambda r: self.outbound.relay_gone(r))

@@ -1,18 +1,19 @@
-"""dataplane.policy.state: per-service policy state built from TrafficPolicy
-messages (validated by config_schema, so with its defaults), kept across
-store changes, and the Attempt a connection walks through. Fake clock,
-seeded rng; endpoints come from a real Catalog."""
+"""dataplane.policy.state: per-service policy state built from the TrafficPolicy
+objects of a store Snapshot (validated by the schema, so with its defaults), kept
+across store changes, and the Attempt a connection walks through. Fake clock,
+seeded rng; endpoints come from a real Catalog of the same Snapshot."""
 import random
 
 import pytest
 
+from dataplane.store import codec, registry
 from dataplane.store import schema as cs
+from dataplane.store import snapshot as snap
 from dataplane.store.catalog import Catalog, Endpoint
 from dataplane.policy.lb.base import Rotation
 from dataplane.policy.lb.ring_hash import RingHash
 from dataplane.policy.state import (DEFAULT_RETRIES, Policies, Settings, default_connect_timeout, settings_from,
                               specs_by_service)
-from dataplane.proto import config_pb2 as pb
 from dataplane.settings import CONNECT_TIMEOUT
 
 
@@ -24,9 +25,10 @@ class Clock:
         return self.t
 
 
-def policy_msg(spec: dict, name="p", namespace="default"):
-    return cs.validate({"apiVersion": "glasswing.dev/v1", "kind": "TrafficPolicy",
-                        "metadata": {"name": name, "namespace": namespace}, "spec": spec}, "t.yaml", 1)
+def traffic_policy(spec: dict, name="p", namespace="default"):
+    """A TrafficPolicy as the store keeps it: validated, then decoded into its snapshot type."""
+    return codec.to_typed(cs.validate({"apiVersion": "glasswing.dev/v1", "kind": "TrafficPolicy",
+                        "metadata": {"name": name, "namespace": namespace}, "spec": spec}, "t.yaml", 1))
 
 
 def doc_with(endpoints=("a", "b", "c"), policies=None, services=("web",), mesh_timeout_ms=0, zones=None):
@@ -44,16 +46,22 @@ def doc_with(endpoints=("a", "b", "c"), policies=None, services=("web",), mesh_t
                 "service": f"default/{svc}", "service_port": 80, "pod": pod, "node": "n1", "ip": ip,
                 "port": 8080, "health": "healthy", "zone": (zones or {}).get(pod, ""), "weight": 1}
     if mesh_timeout_ms:
-        doc["config"]["meshsettings"]["-/mesh"] = pb.MeshSettings(
-            spec=pb.MeshSettingsSpec(default_connect_timeout_ms=mesh_timeout_ms))
+        doc["config"]["meshsettings"]["-/mesh"] = snap.MeshSettings(
+            spec=snap.MeshSettingsSpec(default_connect_timeout_ms=mesh_timeout_ms))
     return doc
 
 
 def build(doc, clock=None, seed=1, zone=""):
     pol = Policies(clock=clock or Clock(), rng=random.Random(seed))
-    cat = Catalog(doc)
-    pol.update(cat, doc, local_zone=zone)
-    return pol, cat
+    return pol, update(pol, doc, local_zone=zone)
+
+
+def update(pol, doc, **kw):
+    """What the forwarder does on a store change: a snapshot, its catalog, the policies updated."""
+    snapshot = registry.snapshot(doc)
+    cat = Catalog(snapshot)
+    pol.update(cat, snapshot, **kw)
+    return cat
 
 
 def eps(cat, svc="web"):
@@ -76,7 +84,7 @@ def test_no_policy_gives_the_documented_defaults():
 
 
 def test_full_policy_converts_every_field():
-    msg = policy_msg({"service": "web", "loadBalancer": "ring_hash", "connectTimeoutMs": 1500,
+    msg = traffic_policy({"service": "web", "loadBalancer": "ring_hash", "connectTimeoutMs": 1500,
                       "idleTimeoutMs": 60000, "maxConnections": 100, "maxPending": 10, "retryAttempts": 2,
                       "outlierDetection": {"consecutiveFailures": 3, "baseEjectionMs": 10000,
                                            "maxEjectionPercent": 0},
@@ -85,27 +93,27 @@ def test_full_policy_converts_every_field():
 
 
 def test_minimal_policy_takes_schema_defaults():
-    msg = policy_msg({"service": "web", "outlierDetection": {}, "rateLimit": {"tokensPerSecond": 5}})
+    msg = traffic_policy({"service": "web", "outlierDetection": {}, "rateLimit": {"tokensPerSecond": 5}})
     s = settings_from(msg.spec, default_connect_timeout=2.5)
     assert s == Settings("round_robin", 2.5, 0.0, 0, 0, 1, (5, 30.0, 10), (5, 5))
 
 
 def test_explicit_zero_retries_means_none():
-    assert settings_from(policy_msg({"service": "web", "retryAttempts": 0}).spec).retries == 0
+    assert settings_from(traffic_policy({"service": "web", "retryAttempts": 0}).spec).retries == 0
 
 
 def test_policies_name_services_of_their_own_namespace_first_key_wins():
-    doc = doc_with(policies={"shop/x": policy_msg({"service": "web", "maxConnections": 1}, "x", "shop"),
-                             "default/b": policy_msg({"service": "web", "maxConnections": 2}, "b"),
-                             "default/a": policy_msg({"service": "web", "maxConnections": 3}, "a")})
-    specs = specs_by_service(doc)
+    doc = doc_with(policies={"shop/x": traffic_policy({"service": "web", "maxConnections": 1}, "x", "shop"),
+                             "default/b": traffic_policy({"service": "web", "maxConnections": 2}, "b"),
+                             "default/a": traffic_policy({"service": "web", "maxConnections": 3}, "a")})
+    specs = specs_by_service(registry.snapshot(doc))
     assert sorted(specs) == ["default/web", "shop/web"]
     assert specs["default/web"].max_connections == 3 and specs["shop/web"].max_connections == 1
 
 
 def test_mesh_default_connect_timeout_applies_without_policy():
     doc = doc_with(mesh_timeout_ms=700)
-    assert default_connect_timeout(doc) == 0.7
+    assert default_connect_timeout(registry.snapshot(doc)) == 0.7
     pol, _ = build(doc)
     assert pol.settings("default/web").connect_timeout == 0.7
     assert pol.settings("default/nope").connect_timeout == 0.7
@@ -115,7 +123,7 @@ def test_mesh_default_connect_timeout_applies_without_policy():
 
 def test_rate_limit_admits_burst_then_refills():
     clock = Clock()
-    pol, _ = build(doc_with(policies={"default/p": policy_msg(
+    pol, _ = build(doc_with(policies={"default/p": traffic_policy(
         {"service": "web", "rateLimit": {"tokensPerSecond": 5, "burst": 5}})}), clock)
     svc = pol.port("default/web", 80).service
     results = [svc.admit() for _ in range(20)]
@@ -125,7 +133,7 @@ def test_rate_limit_admits_burst_then_refills():
 
 
 def test_breaker_refuses_the_fourth_and_admits_after_a_close():
-    pol, cat = build(doc_with(policies={"default/p": policy_msg({"service": "web", "maxConnections": 3})}))
+    pol, cat = build(doc_with(policies={"default/p": traffic_policy({"service": "web", "maxConnections": 3})}))
     port = pol.port("default/web", 80)
     held = []
     for _ in range(3):
@@ -142,7 +150,7 @@ def test_breaker_refuses_the_fourth_and_admits_after_a_close():
 
 
 def test_max_pending_counts_connects_in_progress():
-    pol, cat = build(doc_with(policies={"default/p": policy_msg({"service": "web", "maxPending": 2})}))
+    pol, cat = build(doc_with(policies={"default/p": traffic_policy({"service": "web", "maxPending": 2})}))
     port = pol.port("default/web", 80)
     assert port.service.admit() is None and port.service.admit() is None
     assert port.service.admit() == "max_pending"
@@ -177,7 +185,7 @@ def test_other_failures_are_not_retried():
 
 
 def test_zero_retries_policy_gives_up_at_once():
-    pol, cat = build(doc_with(policies={"default/p": policy_msg({"service": "web", "retryAttempts": 0})}))
+    pol, cat = build(doc_with(policies={"default/p": traffic_policy({"service": "web", "retryAttempts": 0})}))
     a = pol.attempt(pol.port("default/web", 80), eps(cat))
     a.pick()
     assert a.failed("refused") is None
@@ -185,7 +193,7 @@ def test_zero_retries_policy_gives_up_at_once():
 
 def test_outlier_ejects_after_consecutive_failures_and_returns_after_the_time():
     clock = Clock()
-    pol, cat = build(doc_with(policies={"default/p": policy_msg(
+    pol, cat = build(doc_with(policies={"default/p": traffic_policy(
         {"service": "web", "retryAttempts": 2,
          "outlierDetection": {"consecutiveFailures": 2, "baseEjectionMs": 5000, "maxEjectionPercent": 50}})}),
         clock)
@@ -223,7 +231,7 @@ def test_outlier_ejects_after_consecutive_failures_and_returns_after_the_time():
 
 def test_every_endpoint_ejected_still_picks_one():
     clock = Clock()
-    pol, cat = build(doc_with(endpoints=("a",), policies={"default/p": policy_msg(
+    pol, cat = build(doc_with(endpoints=("a",), policies={"default/p": traffic_policy(
         {"service": "web", "outlierDetection": {"consecutiveFailures": 1, "maxEjectionPercent": 100}})}),
         clock)
     port = pol.port("default/web", 80)
@@ -235,7 +243,7 @@ def test_every_endpoint_ejected_still_picks_one():
 
 
 def test_ring_hash_keeps_a_key_on_one_endpoint():
-    pol, cat = build(doc_with(policies={"default/p": policy_msg({"service": "web", "loadBalancer": "ring_hash"})}))
+    pol, cat = build(doc_with(policies={"default/p": traffic_policy({"service": "web", "loadBalancer": "ring_hash"})}))
     port = pol.port("default/web", 80)
     assert isinstance(port.balancer, RingHash)
     for key in ("198.18.1.9", "198.18.2.7"):
@@ -245,7 +253,7 @@ def test_ring_hash_keeps_a_key_on_one_endpoint():
 
 
 def test_least_request_goes_to_the_less_loaded_and_releases_on_close():
-    pol, cat = build(doc_with(endpoints=("a", "b"), policies={"default/p": policy_msg(
+    pol, cat = build(doc_with(endpoints=("a", "b"), policies={"default/p": traffic_policy(
         {"service": "web", "loadBalancer": "least_request"})}))
     port = pol.port("default/web", 80)
     held = []
@@ -263,15 +271,15 @@ def test_least_request_goes_to_the_less_loaded_and_releases_on_close():
 
 
 def test_failed_pick_is_released_to_the_balancer_it_came_from():
-    doc = doc_with(policies={"default/p": policy_msg({"service": "web", "loadBalancer": "least_request"})})
+    doc = doc_with(policies={"default/p": traffic_policy({"service": "web", "loadBalancer": "least_request"})})
     pol, cat = build(doc)
     port = pol.port("default/web", 80)
     a = admitted(pol, port, eps(cat))
     ep = a.pick()
     a.connected()
     old = port.balancer
-    doc["config"]["trafficpolicy"]["default/p"] = policy_msg({"service": "web", "loadBalancer": "round_robin"})
-    pol.update(Catalog(doc), doc)
+    doc["config"]["trafficpolicy"]["default/p"] = traffic_policy({"service": "web", "loadBalancer": "round_robin"})
+    update(pol, doc)
     assert isinstance(port.balancer, Rotation)
     assert old.active(ep) == 1
     a.close()
@@ -281,7 +289,7 @@ def test_failed_pick_is_released_to_the_balancer_it_came_from():
 def test_zone_preference_keeps_local_then_spills_when_local_is_ejected():
     clock = Clock()
     doc = doc_with(endpoints=("a", "b", "c"), zones={"a": "z1", "b": "z2", "c": "z2"},
-                   policies={"default/p": policy_msg({"service": "web", "outlierDetection": {
+                   policies={"default/p": traffic_policy({"service": "web", "outlierDetection": {
                        "consecutiveFailures": 1, "maxEjectionPercent": 50}})})
     pol, cat = build(doc, clock, zone="z1")
     port = pol.port("default/web", 80)
@@ -299,7 +307,7 @@ def test_zone_preference_keeps_local_then_spills_when_local_is_ejected():
 
 def test_unrelated_changes_keep_ejections_breaker_counts_and_tokens():
     clock = Clock()
-    doc = doc_with(services=("web", "other"), policies={"default/p": policy_msg(
+    doc = doc_with(services=("web", "other"), policies={"default/p": traffic_policy(
         {"service": "web", "maxConnections": 5, "rateLimit": {"tokensPerSecond": 1, "burst": 3},
          "outlierDetection": {"consecutiveFailures": 1, "maxEjectionPercent": 50}})})
     pol, cat = build(doc, clock)
@@ -313,9 +321,9 @@ def test_unrelated_changes_keep_ejections_breaker_counts_and_tokens():
     balancer, detector, bucket = port.balancer, port.outlier, svc.bucket
     # another service's endpoints change, another policy appears, revision moves on
     del doc["endpoints"]["/glasswing/endpoints/n1/default/other/80/c:8080"]
-    doc["config"]["trafficpolicy"]["default/q"] = policy_msg({"service": "other", "maxConnections": 1}, "q")
+    doc["config"]["trafficpolicy"]["default/q"] = traffic_policy({"service": "other", "maxConnections": 1}, "q")
     doc["revision"] = 2
-    pol.update(Catalog(doc), doc)
+    update(pol, doc)
     assert pol.port("default/web", 80) is port and port.service is svc
     assert port.balancer is balancer and port.outlier is detector and svc.bucket is bucket
     assert port.ejected() == 1 and svc.breaker.pending == 1
@@ -324,7 +332,7 @@ def test_unrelated_changes_keep_ejections_breaker_counts_and_tokens():
 
 
 def test_policy_change_updates_limits_in_place_and_replaces_only_what_changed():
-    doc = doc_with(policies={"default/p": policy_msg(
+    doc = doc_with(policies={"default/p": traffic_policy(
         {"service": "web", "maxConnections": 1, "outlierDetection": {"consecutiveFailures": 1,
                                                                      "maxEjectionPercent": 50}})})
     pol, cat = build(doc)
@@ -335,21 +343,21 @@ def test_policy_change_updates_limits_in_place_and_replaces_only_what_changed():
     a.connected()
     assert port.service.admit() == "max_connections"
     balancer, detector = port.balancer, port.outlier
-    doc["config"]["trafficpolicy"]["default/p"] = policy_msg(
+    doc["config"]["trafficpolicy"]["default/p"] = traffic_policy(
         {"service": "web", "maxConnections": 2, "outlierDetection": {"consecutiveFailures": 1,
                                                                      "maxEjectionPercent": 50}})
-    pol.update(Catalog(doc), doc)
+    update(pol, doc)
     assert port.balancer is balancer and port.outlier is detector
     assert port.service.breaker.active == 1  # the open connection still counts
     assert port.service.admit() is None and port.service.admit() == "max_connections"
-    doc["config"]["trafficpolicy"]["default/p"] = policy_msg({"service": "web", "maxConnections": 2})
-    pol.update(Catalog(doc), doc)
+    doc["config"]["trafficpolicy"]["default/p"] = traffic_policy({"service": "web", "maxConnections": 2})
+    update(pol, doc)
     assert port.outlier is None
 
 
 def test_endpoint_leaving_forgets_its_outlier_state_only():
     clock = Clock()
-    doc = doc_with(endpoints=("a", "b", "c", "d"), policies={"default/p": policy_msg(
+    doc = doc_with(endpoints=("a", "b", "c", "d"), policies={"default/p": traffic_policy(
         {"service": "web", "outlierDetection": {"consecutiveFailures": 1, "maxEjectionPercent": 50}})})
     pol, cat = build(doc, clock)
     port = pol.port("default/web", 80)
@@ -359,7 +367,7 @@ def test_endpoint_leaving_forgets_its_outlier_state_only():
         a.failed("refused")
         assert a.ejected
     del doc["endpoints"]["/glasswing/endpoints/n1/default/web/80/a:8080"]
-    pol.update(Catalog(doc), doc)
+    update(pol, doc)
     assert port.ejected() == 1 and port.outlier.is_ejected(("198.18.1.2", 8080))
 
 
@@ -368,7 +376,7 @@ def test_removed_service_drops_its_state():
     pol, _ = build(doc)
     first = pol.port("default/other", 80)
     del doc["services"]["default/other"]
-    pol.update(Catalog(doc), doc)
+    update(pol, doc)
     assert "default/other" not in pol.services
     assert pol.port("default/other", 80) is not first
 
@@ -379,7 +387,7 @@ def test_catalog_endpoints_carry_weight_zone_labels():
     doc = doc_with(endpoints=("a",), zones={"a": "z1"})
     doc["services"]["default/web"]["endpoints"] = [
         {"pod": None, "port": 9000, "address": "198.18.9.9", "weight": 7, "zone": "z2", "labels": {"v": "1"}}]
-    cat = Catalog(doc)
+    cat = Catalog(registry.snapshot(doc))
     published, static = sorted(eps(cat), key=lambda e: e.ip)
     assert (published.weight, published.zone) == (1, "z1")
     assert (static.ip, static.port, static.weight, static.zone, static.labels) == ("198.18.9.9", 9000, 7, "z2",

@@ -6,6 +6,7 @@ import pytest
 from dataplane.store import services as svcs
 from dataplane.errors import GlasswingError
 from dataplane.store.catalog import Catalog
+from dataplane.store import registry
 from dataplane.store.registry import _empty
 
 
@@ -243,7 +244,7 @@ def test_catalog_finds_service_port_by_vip(doc):
     # find_by_vip is gone; the forwarder looks a VIP:port up in its Catalog instead.
     svcs.add_service(doc, "web", ["80:8080", "443"])
     svcs.add_service(doc, "shop/db", ["5432"])
-    cat = Catalog(doc)
+    cat = Catalog(registry.snapshot(doc))
 
     def found(vip, port):
         sp = cat.service_port(vip, port)
