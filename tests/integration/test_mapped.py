@@ -103,3 +103,25 @@ def test_grpcio_unary_and_streaming_by_name(lab, svc, server):
     assert out["unary"][0] == server and out["unary"][1].startswith("ipv4:127.0.0.6:"), out
     assert out["unary"][2] == "ping" and out["big_same"]
     assert out["stream"] == [f"{server} a", f"{server} bb", f"{server} ccc"]
+
+
+DNS6_QUERY = """
+import json, socket, struct, sys
+name, server = sys.argv[1], (sys.argv[2], 53)
+q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0" + struct.pack("!HH", 1, 1)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(5)
+s.sendto(q, server)
+data, src = s.recvfrom(2048)
+ident, flags, _qd, ancount = struct.unpack_from("!HHHH", data)
+print(json.dumps({"id": ident, "rcode": flags & 15, "answers": ancount,
+                  "last_a": socket.inet_ntoa(data[-4:]), "src": list(src)[:2]}))
+"""
+
+
+def test_dns_over_an_af_inet6_socket_answered_by_the_mesh_resolver(lab):
+    server = "::ffff:198.18.250.53"  # any nameserver: port 53 from a pod goes to the forwarder
+    r = lab.run("client", [sys.executable, "-c", DNS6_QUERY, f"far.{ZONE}", server])
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"id": 0x1234, "rcode": 0, "answers": 1, "last_a": lab.vips["far"], "src": [server, 53]}
