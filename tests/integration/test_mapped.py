@@ -1,7 +1,9 @@
 """Apps that dial IPv4 through AF_INET6 sockets (::ffff:a.b.c.d) go through the mesh as
 IPv4 apps do, on one node and across two: a plain AF_INET6 socket to a mapped VIP, a Java
 client (the JVM's sockets are dual-stack) calling an HTTP service by name, and grpcio (gRPC
-C-core) unary and streaming calls by name. Socket load balancing holds for mapped connects.
+C-core) unary and streaming calls by name. Socket load balancing holds for mapped connects,
+DNS over an AF_INET6 socket is answered by the mesh resolver, and `glasswing doctor` reports
+IPv6 and every hook attachment of the forwarder and its pods.
 
     n1: client, web1 (peers.py serve, grpc_peers.py serve 9100)     n2: web2 (the same)
     services: web-near 80->8080 web1, web-far 80->8080 web2, near/far 7000, socklb 7000
@@ -15,6 +17,7 @@ import sys
 
 import pytest
 
+from dataplane.kernel.programs import attached
 from lab.cluster import Lab
 from tests import leaks
 from .conftest import client, start_peers, wait_listening
@@ -125,3 +128,25 @@ def test_dns_over_an_af_inet6_socket_answered_by_the_mesh_resolver(lab):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out == {"id": 0x1234, "rcode": 0, "answers": 1, "last_a": lab.vips["far"], "src": [server, 53]}
+
+
+def _doctor(lab, node):
+    r = subprocess.run([sys.executable, "-m", "glasswing", "--node", node, "doctor", "--json"],
+                       env=lab.env, capture_output=True, text=True, timeout=60)
+    assert r.stdout, r.stderr
+    return {c["check"]: c for c in json.loads(r.stdout)}
+
+
+def test_doctor_says_ipv6_and_which_hooks_are_attached(lab):
+    checks = _doctor(lab, "n1")
+    assert checks["ipv6"]["detail"].startswith("enabled; AF_INET6 sockets can be made")
+    hooks = {k: v for k, v in checks.items() if k.startswith("hooks on ")}
+    assert set(hooks) == {"hooks on forwarder", "hooks on pod client", "hooks on pod web1"}
+    assert all(v["ok"] and v["detail"] == "all attached" for v in hooks.values()), hooks
+    # Take connect6 off web1's cgroup (web1 only serves): doctor names it, and fails.
+    cgroup = lab.doc["pods"]["web1"]["cgroup"]
+    (prog,) = [i for i, t, n in attached(cgroup) if n == "gw_connect6"]
+    subprocess.run(["bpftool", "cgroup", "detach", cgroup, "cgroup_inet6_connect", "id", str(prog)], check=True)
+    checks = _doctor(lab, "n1")
+    assert checks["hooks on pod web1"] == {"check": "hooks on pod web1", "ok": False, "detail": "missing: connect6"}
+    assert checks["hooks on pod client"]["ok"]
