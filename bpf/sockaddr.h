@@ -1,4 +1,4 @@
-/* Helpers for the cgroup sock_addr programs (connect4/6, sendmsg4/6,
+/* Helpers for the cgroup sock_addr programs (connect4/6, sendmsg4,
  * recvmsg4/6, getpeername4/6): reading and writing the destination of either
  * family, finding the forwarder's socket in the caller's namespace, deciding
  * where a connect to a service goes, redirecting while remembering, and
@@ -65,8 +65,8 @@ static __always_inline int gw_local_socket(struct bpf_sock_addr *ctx, __u32 ip, 
 	return 1;
 }
 
-/* Should a connect/sendmsg of this socket be looked at? Not the forwarder's
- * own (its cgroup, or its mark): it would be sent back to itself. */
+/* Is this the forwarder's own socket (its cgroup, or its mark)? Its connects
+ * are never redirected: they would come back to the forwarder. */
 static __always_inline int gw_ours(struct bpf_sock *sk, struct gw_config *cfg)
 {
 	return sk->mark == cfg->mark || bpf_get_current_cgroup_id() == cfg->fwd_cgroup_id;
