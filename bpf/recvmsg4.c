@@ -12,6 +12,6 @@ int gw_recvmsg4(struct bpf_sock_addr *ctx)
 		return 1;
 	rec = gw_orig.sk_storage_get(sk, 0, 0);
 	if (rec && (rec->flags & GW_DNS))
-		gw_restore(ctx, rec);
+		gw_restore(ctx, GW_AF_INET, rec);
 	return 1;
 }

@@ -2,8 +2,22 @@
  * destination from the app's socket to the socket the forwarder accepts.
  * The two sockets have different cookies, so the active side publishes the
  * record under the connection's 4-tuple and netns, and the passive side
- * (which runs when the final ACK arrives, after the active side) takes it. */
+ * (which runs when the final ACK arrives, after the active side) takes it.
+ * An app's AF_INET6 socket connected to an IPv4-mapped address (connect6) is
+ * an IPv4 connection: its record goes under the same IPv4 tuple, which the
+ * forwarder's accepted socket (AF_INET, its listener is) looks up. */
 #include "maps.h"
+
+/* An IPv4 connection: an AF_INET socket, or an AF_INET6 one whose peer is
+ * ::ffff:a.b.c.d (then local_ip4 and remote_ip4 hold the IPv4 addresses).
+ * Native IPv6 connections are not redirected yet. */
+static __always_inline int ipv4_connection(struct bpf_sock_ops *skops)
+{
+	if (skops->family == 2 /* AF_INET */)
+		return 1;
+	return skops->family == 10 /* AF_INET6 */ && skops->remote_ip6[0] == 0 &&
+	       skops->remote_ip6[1] == 0 && skops->remote_ip6[2] == bpf_htonl(0x0000ffff);
+}
 
 static __always_inline __u16 remote_port_host(struct bpf_sock_ops *skops)
 {
@@ -17,7 +31,7 @@ int gw_sockops(struct bpf_sock_ops *skops)
 	struct orig_dst *rec;
 	struct bpf_sock *sk;
 
-	if (skops->family != 2 /* AF_INET */)
+	if (!ipv4_connection(skops))
 		return 1;
 	sk = skops->sk;
 	if (!sk)

@@ -1,12 +1,44 @@
 """`glasswing doctor`: checks this machine can run the mesh, one line each."""
 import os
 import shutil
+import socket
 import subprocess
 
 from .output import emit
 
 
-def _checks():
+def _ipv6():
+    """IPv6 is not needed, but where it is on, dual-stack apps (the JVM, gRPC C-core) dial
+    IPv4 through AF_INET6 sockets, which only the `6` hooks see: say which case this is."""
+    try:
+        with open("/proc/sys/net/ipv6/conf/all/disable_ipv6") as f:
+            disabled = f.read().strip() != "0"
+    except FileNotFoundError:
+        return "IPv6 not in this kernel: apps use AF_INET sockets (the 4 hooks)"
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+        sockets = "AF_INET6 sockets can be made"
+    except OSError as e:
+        sockets = f"AF_INET6 sockets fail ({e.strerror})"
+    state = "disabled (net.ipv6.conf.all.disable_ipv6=1)" if disabled else "enabled"
+    return f"{state}; {sockets}: dual-stack apps dial IPv4 as ::ffff:a.b.c.d (the 6 hooks)"
+
+
+def _hooks(ctl):
+    """Whether every hook is attached where the node's running forwarder put it."""
+    try:
+        where = ctl.hook_attachments()
+    except Exception as e:  # noqa: BLE001 - a store or forwarder away is reported, not raised
+        yield "hooks", False, f"cannot check: {e}"
+        return
+    if not where:
+        yield "hooks", True, f"no forwarder running for node {ctl.node}: nothing attached to check"
+    for place, missing in where:
+        yield (f"hooks on {place}", not missing,
+               f"missing: {', '.join(missing)}" if missing else "all attached")
+
+
+def _checks(ctl):
     from dataplane.host import cgroups
     yield "root", os.geteuid() == 0, "run as root"
     try:
@@ -38,6 +70,7 @@ def _checks():
         yield "protobuf", True, "tunnel schema built"
     except Exception as e:  # noqa: BLE001
         yield "protobuf", False, f"{e} (make build)"
+    yield "ipv6", True, _ipv6()
     if os.geteuid() == 0:
         r = subprocess.run(["bpftool", "feature", "probe", "kernel"], capture_output=True, text=True) \
             if shutil.which("bpftool") else None
@@ -46,10 +79,13 @@ def _checks():
         missing = [n.split(" is ")[0] for n in need if r is None or n not in r.stdout]
         yield "kernel BPF", not missing, ("cgroup_sock_addr, sock_ops, cgroup_sockopt, sk_storage, sk_skb, "
                                           "sockhash, ringbuf") if not missing else f"missing: {', '.join(missing)}"
+        if shutil.which("bpftool"):
+            yield from _hooks(ctl)
 
 
-def doctor(as_json: bool) -> int:
-    results = [{"check": c, "ok": ok, "detail": d} for c, ok, d in _checks()]
+def doctor(ctl, as_json: bool) -> int:
+    """ctl: the node's dataplane.node.control.Control (whose forwarder's hooks are checked)."""
+    results = [{"check": c, "ok": ok, "detail": d} for c, ok, d in _checks(ctl)]
     emit(results, as_json, lambda rs: [print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['check']}: {r['detail']}")
                                        for r in rs])
     return 0 if all(r["ok"] for r in results) else 1

@@ -163,7 +163,7 @@ def run(args):
         return 0 if st.get("running") else 3
     elif cmd == "doctor":
         from .doctor import doctor
-        return doctor(args.json)
+        return doctor(ctl, args.json)
     elif cmd == "demo":
         from lab.demo import run_demo
         return run_demo(seconds=args.seconds)

@@ -14,7 +14,7 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian 12"
 
 kver=$(uname -r)
-pkgs=(python3-bpfcc bpfcc-tools bpftool iproute2 iperf3 curl socat python3-venv python3-dev gcc make procps etcd-server dnsutils haproxy sockperf wrk nginx postgresql)
+pkgs=(python3-bpfcc bpfcc-tools bpftool iproute2 iperf3 curl socat python3-venv python3-dev gcc make procps etcd-server dnsutils haproxy sockperf wrk nginx postgresql default-jre-headless)
 # Headers for the running kernel when Debian has them (the VM's 6.1); otherwise Debian's
 # generic headers, linked under /lib/modules below (bcc only needs a consistent tree).
 if [ ! -e "/lib/modules/$kver/build/include" ]; then

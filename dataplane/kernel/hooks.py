@@ -23,12 +23,17 @@ class Hook:
 
 HOOKS = (
     Hook("connect4", "gw_connect4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT", "cgroup_inet4_connect", True, False),
+    Hook("connect6", "gw_connect6", "CGROUP_SOCK_ADDR", "CGROUP_INET6_CONNECT", "cgroup_inet6_connect", True, False),
     Hook("sockops", "gw_sockops", "SOCK_OPS", "CGROUP_SOCK_OPS", "cgroup_sock_ops", True, True),
     Hook("getpeername4", "gw_getpeername4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_GETPEERNAME",
          "cgroup_inet4_getpeername", True, False),
+    Hook("getpeername6", "gw_getpeername6", "CGROUP_SOCK_ADDR", "CGROUP_INET6_GETPEERNAME",
+         "cgroup_inet6_getpeername", True, False),
     Hook("sendmsg4", "gw_sendmsg4", "CGROUP_SOCK_ADDR", "CGROUP_UDP4_SENDMSG", "cgroup_udp4_sendmsg",
          True, False),
     Hook("recvmsg4", "gw_recvmsg4", "CGROUP_SOCK_ADDR", "CGROUP_UDP4_RECVMSG", "cgroup_udp4_recvmsg",
+         True, False),
+    Hook("recvmsg6", "gw_recvmsg6", "CGROUP_SOCK_ADDR", "CGROUP_UDP6_RECVMSG", "cgroup_udp6_recvmsg",
          True, False),
     Hook("getsockopt", "gw_getsockopt", "CGROUP_SOCKOPT", "CGROUP_GETSOCKOPT", "cgroup_getsockopt", False, True),
 )

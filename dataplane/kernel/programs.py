@@ -119,6 +119,14 @@ def attached(cgroup: str) -> list:
             if p.get("name") in OUR_NAMES]
 
 
+def missing_hooks(cgroup: str, role: str) -> list:
+    """The hooks (kernel/hooks.py files) that role ("pod" or "forwarder") needs and that are
+    not attached to cgroup, by attach type and program name as bpftool reports them."""
+    have = {(atype, name) for _id, atype, name in attached(cgroup)}
+    return [h.file for h in HOOKS if (h.on_pods if role == "pod" else h.on_forwarder)
+            and (h.bpftool_type, h.function) not in have]
+
+
 def detach_stale(cgroup: str, keep: set = frozenset()) -> int:
     """Detach our programs left on a cgroup by an owner that died; returns how many."""
     n = 0

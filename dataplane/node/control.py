@@ -173,6 +173,22 @@ class Control:
         st["running"] = True
         return st
 
+    def hook_attachments(self) -> list:
+        """[(where, missing hook files)] for the running forwarder of this node: its own
+        cgroup ("forwarder") and the cgroup of each pod it serves ("pod NAME"), each
+        checked with bpftool (kernel/programs.missing_hooks). [] when no forwarder runs."""
+        from dataplane.kernel.programs import missing_hooks
+        if not self.forwarder_pid():
+            return []
+        doc = self.store.read()
+        served = self.status().get("pods", [])
+        out = [("forwarder", missing_hooks(topology.forwarder_cgroup(doc["cluster"], self.node), "forwarder"))]
+        for pod in served:
+            rec = doc["pods"].get(pod)
+            if rec is not None:
+                out.append((f"pod {pod}", missing_hooks(rec["cgroup"], "pod")))
+        return out
+
     # ------------------------------------------------------------ nodes
 
     def node_add(self, name):

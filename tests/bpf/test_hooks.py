@@ -2,7 +2,9 @@
 network namespace, a pod cgroup and a forwarder cgroup, small processes in
 each. Checks connect4 (redirect, fail open, fail closed, mark skip),
 sock_ops + getsockopt (SO_ORIGINAL_DST on the accepted socket) and
-getpeername4 (the app sees the VIP).
+getpeername4 (the app sees the VIP), DNS steering (sendmsg4, recvmsg4), and
+the same for AF_INET6 sockets dialling IPv4-mapped addresses (connect6,
+getpeername6, recvmsg6, sock_ops on the mapped connection).
 
     netns gwbpf-X:  lo 127.0.0.1   (listener 15001 = "forwarder", backend 9000)
     cgroups:        .../pod (app processes)   .../fwd (listener process)
@@ -23,7 +25,8 @@ from dataplane.host import cgroups
 from dataplane.kernel.hooks import HOOKS
 from dataplane.kernel.programs import Programs, attached, detach_stale
 from dataplane.kernel.map_sync import MapState, ServiceIds, desired
-from dataplane.kernel.structs import BackendKey, BackendValue, GW_FAIL_CLOSED, PodSettings, SvcKey, SvcValue
+from dataplane.kernel.structs import (BackendKey, BackendValue, GW_FAIL_CLOSED, GW_SVC_SOCKET_LB, PodSettings,
+                                      SvcKey, SvcValue)
 from dataplane.store import registry
 from dataplane.store.catalog import Catalog
 from lab.cluster import pod_preexec
@@ -278,3 +281,119 @@ def test_dns_untouched_without_resolver(world):
             "except OSError as e:\n    print('{\"errno\": %d}' % e.errno)\n")
     out = run_in(world, "pod", code, NAMESERVER)
     assert out == {"errno": 101}  # ENETUNREACH: left alone, and this namespace has no route
+
+
+# ---- AF_INET6 sockets dialling IPv4-mapped addresses (::ffff:a.b.c.d), as the JVM and
+# gRPC C-core do: connect6, getpeername6, recvmsg6 (sendmsg4 runs for a mapped sendto),
+# and sock_ops publishing the mapped connection under its IPv4 tuple.
+
+CONNECT6 = """
+import socket, sys, json
+s = socket.socket(socket.AF_INET6)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    out = {"peer": list(s.getpeername())[:2], "reply": json.loads(s.makefile().readline())}
+except OSError as e:
+    out = {"error": e.errno}
+print(json.dumps(out))
+"""
+
+MAPPED_VIP = "::ffff:" + VIP
+
+
+def test_mapped_connect_redirected_with_original_dst_and_peername(world):
+    add_service(world)
+    listen(world, "fwd", 15001)  # an AF_INET listener: it accepts ::ffff:127.0.0.1
+    out = run_in(world, "pod", CONNECT6, MAPPED_VIP, PORT)
+    assert out["reply"]["who"] == "15001"                      # connect6 redirected
+    assert out["reply"]["orig"] == [VIP, PORT, socket.AF_INET]  # sock_ops (mapped tuple) + getsockopt
+    assert out["peer"] == [MAPPED_VIP, PORT]                    # getpeername6
+
+
+def test_mapped_socket_lb_translates_even_with_a_forwarder(world):
+    add_service(world)
+    key = SvcKey(vip=n32(VIP), port=socket.htons(PORT), proto=6)
+    world["maps"].maps["services"].update(key, SvcValue(svc_id=1, count=1, flags=GW_SVC_SOCKET_LB))
+    listen(world, "fwd", 15001)
+    listen(world, "fwd", 9000)
+    out = run_in(world, "pod", CONNECT6, MAPPED_VIP, PORT)
+    assert out["reply"]["who"] == "9000"
+    assert out["reply"]["orig"][0] == "error"  # translated in the kernel: no record for the endpoint
+    assert out["peer"] == [MAPPED_VIP, PORT]
+
+
+def test_mapped_fail_open_translates_in_kernel(world):
+    add_service(world)
+    listen(world, "fwd", 9000)  # the endpoint; no forwarder listener on 15001
+    out = run_in(world, "pod", CONNECT6, MAPPED_VIP, PORT)
+    assert out["reply"]["who"] == "9000"
+    assert out["peer"] == [MAPPED_VIP, PORT]
+
+
+def test_mapped_fail_closed_refuses_at_once(world):
+    add_service(world)
+    world["maps"].maps["pods"].update(C.c_uint64(cgroups.cgroup_id(world["pod"])),
+                                      PodSettings(fail_mode=GW_FAIL_CLOSED))
+    listen(world, "fwd", 9000)
+    out = run_in(world, "pod", CONNECT6, MAPPED_VIP, PORT)
+    assert out == {"error": 1}  # EPERM, not a timeout
+
+
+LISTEN6 = """
+import socket, sys
+l = socket.socket(socket.AF_INET6); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("::1", int(sys.argv[1]))); l.listen(16); print("ready", flush=True)
+while True:
+    c, peer = l.accept(); c.sendall(b'{"who": "v6"}\\n'); c.close()
+"""
+
+
+def test_native_ipv6_destination_untouched(world):
+    add_service(world)
+    listen(world, "fwd", 15001)
+    p = run_in(world, "fwd", LISTEN6, PORT, background=True)
+    assert p.stdout.readline().strip() == "ready"
+    out = run_in(world, "pod", CONNECT6, "::1", PORT)  # same port as the service: only the family differs
+    assert out == {"peer": ["::1", PORT], "reply": {"who": "v6"}}
+
+
+DNS6_CLIENT = """
+import socket, sys, json
+server = (sys.argv[1], 53)
+out = {}
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b"q1", server)
+data, src = s.recvfrom(2048)
+out["sendto"] = [data.decode(), list(src)[:2]]
+c = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); c.settimeout(2)
+c.connect(server); c.send(b"q2")
+data, src = c.recvfrom(2048)
+out["connected"] = [data.decode(), list(src)[:2], list(c.getpeername())[:2]]
+print(json.dumps(out))
+"""
+
+
+def test_dns_over_af_inet6_to_a_mapped_server_steered_and_source_restored(world):
+    p = run_in(world, "fwd", UDP_RESPONDER, background=True)  # AF_INET on 127.0.0.1:15053
+    assert p.stdout.readline().strip() == "ready"
+    mapped = "::ffff:" + NAMESERVER
+    out = run_in(world, "pod", DNS6_CLIENT, mapped)
+    assert out["sendto"] == ["answer:q1", [mapped, 53]]          # sendmsg4 + recvmsg6
+    assert out["connected"] == ["answer:q2", [mapped, 53], [mapped, 53]]  # connect6 + recvmsg6 + getpeername6
+
+
+def test_dns_to_a_native_ipv6_server_untouched(world):
+    p = run_in(world, "fwd", UDP_RESPONDER, background=True)
+    assert p.stdout.readline().strip() == "ready"
+    code = ("import socket, sys, json\n"
+            "out = {}\n"
+            "for how in ('sendto', 'connect'):\n"
+            "    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+            "    try:\n"
+            "        s.sendto(b'q', (sys.argv[1], 53)) if how == 'sendto' else s.connect((sys.argv[1], 53))\n"
+            "        out[how] = 'sent'\n"
+            "    except OSError as e:\n"
+            "        out[how] = e.errno\n"
+            "print(json.dumps(out))\n")
+    out = run_in(world, "pod", code, "2001:db8::53")
+    assert out == {"sendto": 101, "connect": 101}  # ENETUNREACH: left alone, no IPv6 route here
