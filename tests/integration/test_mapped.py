@@ -19,8 +19,8 @@ import pytest
 
 from dataplane.kernel.programs import attached
 from lab.cluster import Lab
-from tests import leaks
-from .conftest import client, start_peers, wait_listening
+from tests.support import leaks
+from tests.support.mesh import client, start_peers, wait_listening
 
 SUPPORT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support")
 GRPC_PEERS = os.path.join(SUPPORT, "grpc_peers.py")
