@@ -9,12 +9,14 @@ A socket for a named namespace is made by the calling thread from inside it
 (netns.inside: the thread comes straight back), so no child process is forked
 per socket. What is made looks exactly as `ip` would make it: routes are
 protocol boot in the main table, unicast ones without a gateway scope link.
+
+pyroute2 is imported on first use: importing it costs about 100 ms (its package
+loads every protocol it has), which commands that never touch netlink (`pod list`,
+`status`) should not pay.
 """
 import contextlib
+import errno
 import os
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from dataplane.errors import GlasswingError
 from dataplane.host import netns
@@ -28,6 +30,7 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 def opened(ns: str = None):
     """A Netlink on one rtnetlink socket in namespace ns (None: the caller's),
     closed however the block ends."""
+    from pyroute2 import IPRoute
     if ns:
         with netns.inside(ns):
             ipr = IPRoute()
@@ -45,11 +48,12 @@ class Netlink:
 
     def _fail(self, what: str, e: Exception):
         where = f" in netns {self.ns}" if self.ns else ""
-        reason = os.strerror(e.code) if isinstance(e, NetlinkError) else (
-            getattr(e, "strerror", None) or str(e))
+        code = getattr(e, "code", None)  # pyroute2's NetlinkError carries the errno here
+        reason = os.strerror(code) if isinstance(code, int) else (getattr(e, "strerror", None) or str(e))
         raise GlasswingError(f"cannot {what}{where}: {reason}") from None
 
     def _do(self, what: str, fn, *args, **kw):
+        from pyroute2.netlink.exceptions import NetlinkError
         try:
             return fn(*args, **kw)
         except (NetlinkError, OSError) as e:
@@ -65,7 +69,7 @@ class Netlink:
     def _index(self, ifname: str, what: str) -> int:
         idx = self.index(ifname)
         if idx is None:
-            self._fail(what, NetlinkError(19))  # ENODEV: "No such device"
+            self._fail(what, OSError(errno.ENODEV, os.strerror(errno.ENODEV)))
         return idx
 
     def exists(self, ifname: str) -> bool:

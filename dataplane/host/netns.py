@@ -12,8 +12,6 @@ import ctypes
 import errno
 import os
 
-from pyroute2 import netns as pyroute2_netns
-
 from dataplane.errors import GlasswingError
 
 CLONE_NEWNET = 0x40000000
@@ -76,6 +74,12 @@ def self_fd() -> int:
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
+def _pyroute2():
+    """pyroute2's netns helpers, imported on first use (the package costs ~100 ms to load)."""
+    from pyroute2 import netns as pyroute2_netns
+    return pyroute2_netns
+
+
 def _unshare() -> None:
     if _libc.unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -88,6 +92,7 @@ def create(name: str) -> None:
     /run/netns (no child process), then returns home."""
     if exists(name):
         raise GlasswingError(f"cannot create network namespace {name}: File exists")
+    pyroute2_netns = _pyroute2()  # loaded before the thread leaves home
     home = self_fd()
     try:
         try:
@@ -111,7 +116,7 @@ def attach(name: str, pid: int) -> None:
     if not os.path.exists(f"/proc/{int(pid)}/ns/net"):
         raise GlasswingError(f"cannot attach network namespace {name}: no process {pid}")
     try:
-        pyroute2_netns.attach(name, int(pid))
+        _pyroute2().attach(name, int(pid))
     except OSError as e:
         if e.errno != errno.EEXIST:
             _remove_quietly(name)
@@ -122,7 +127,7 @@ def delete(name: str, check: bool = True) -> None:
     """Unmount and remove the name, as `ip netns delete` (the namespace itself
     goes when nothing else holds it). check=False: quiet if it is gone already."""
     try:
-        pyroute2_netns.remove(name)
+        _pyroute2().remove(name)
     except OSError as e:
         if check:
             raise GlasswingError(f"cannot delete network namespace {name}: {_reason(e)}") from None
@@ -130,14 +135,14 @@ def delete(name: str, check: bool = True) -> None:
 
 def _remove_quietly(name: str) -> None:
     try:
-        pyroute2_netns.remove(name)
+        _pyroute2().remove(name)
     except OSError:
         pass
 
 
 def pids(name: str) -> list:
     """The processes whose network namespace is the named one, as `ip netns pids`."""
-    return pyroute2_netns.ns_pids().get(name, [])
+    return _pyroute2().ns_pids().get(name, [])
 
 
 def sysctl(key: str, value: str, netns: str = None) -> None:
