@@ -8,17 +8,21 @@
                                             routes only inside 198.18.0.0/15
 
 Every step that changes the kernel pushes its undo onto an Undo, so a
-failure part way leaves nothing half-made.
+failure part way leaves nothing half-made. Undo steps open their own netlink
+socket: the ones a step used are closed by the time an undo runs.
+
+All of it goes over netlink (dataplane.host.netlink) and the namespace calls
+in dataplane.host.netns; nothing here spawns `ip`.
 """
 import hashlib
 import ipaddress
 import os
 
-from dataplane.host import cgroups
-from dataplane.store import names
-from dataplane.host import netns
 from dataplane.errors import GlasswingError
-from dataplane.host.iproute import ip, sysctl
+from dataplane.host import cgroups
+from dataplane.host import netlink
+from dataplane.host import netns
+from dataplane.store import names
 from dataplane.settings import LOCAL_NODE, MESH_RANGE, SERVICE_RANGE, UNDERLAY
 
 
@@ -76,7 +80,8 @@ def ensure_local_node(doc: dict) -> dict:
 def ensure_blackhole(node: dict) -> None:
     """An unredirected service address must go nowhere, even if something
     (libvirt, say) turned on forwarding in the node's namespace."""
-    ip("route", "replace", "blackhole", str(SERVICE_RANGE), netns=node.get("netns"))
+    with netlink.opened(node.get("netns")) as nl:
+        nl.add_blackhole(str(SERVICE_RANGE), replace=True)
 
 
 def _node_record(doc, name, address, ns):
@@ -109,24 +114,28 @@ def add_node(doc: dict, name: str) -> dict:
     peers = [n for n in doc["nodes"].values() if n.get("netns")]
     with Undo() as undo:
         if not netns.exists(ul):
-            ip("netns", "add", ul)
-            undo.push(ip, "netns", "delete", ul)
-            ip("link", "add", "br0", "type", "bridge", netns=ul)
-            ip("link", "set", "br0", "up", netns=ul)
-        ip("netns", "add", ns)
-        undo.push(ip, "netns", "delete", ns)
-        ip("link", "set", "lo", "up", netns=ns)
+            netns.create(ul)
+            undo.push(netns.delete, ul, False)
+            with netlink.opened(ul) as under:
+                under.add_bridge("br0")
+                under.up("br0")
+        netns.create(ns)
+        undo.push(netns.delete, ns, False)
         port = _ifname("u", cluster, name)
-        ip("link", "add", port, "type", "veth", "peer", "name", "ul0", "netns", ns, netns=ul)
-        ip("link", "set", port, "master", "br0", "up", netns=ul)
-        ip("addr", "add", f"{rec['ip']}/{UNDERLAY.prefixlen}", "dev", "ul0", netns=ns)
-        ip("link", "set", "ul0", "up", netns=ns)
-        ip("route", "add", "blackhole", str(SERVICE_RANGE), netns=ns)
-        sysctl("net.ipv4.ip_forward", "1", netns=ns)
-        for peer in peers:
-            ip("route", "add", peer["pod_cidr"], "via", peer["ip"], netns=ns)
-            ip("route", "add", rec["pod_cidr"], "via", rec["ip"], netns=peer["netns"])
-            undo.push(lambda p=peer["netns"]: ip("route", "del", rec["pod_cidr"], netns=p, check=False))
+        with netlink.opened(ul) as under:
+            under.add_veth(port, "ul0", ns)
+            under.enslave(port, "br0")
+        with netlink.opened(ns) as node:
+            node.up("lo")
+            node.add_address("ul0", f"{rec['ip']}/{UNDERLAY.prefixlen}")
+            node.up("ul0")
+            node.add_blackhole(str(SERVICE_RANGE))
+            netns.sysctl("net.ipv4.ip_forward", "1", netns=ns)
+            for peer in peers:
+                node.add_route(peer["pod_cidr"], via=peer["ip"])
+                with netlink.opened(peer["netns"]) as other:
+                    other.add_route(rec["pod_cidr"], via=rec["ip"])
+                undo.push(netlink.delete_route, peer["netns"], rec["pod_cidr"])
     doc["nodes"][name] = rec
     return rec
 
@@ -138,15 +147,15 @@ def remove_node(doc: dict, name: str) -> None:
         raise GlasswingError(f"node {name!r} still has pods: {', '.join(on_it)}")
     del doc["nodes"][name]
     if not rec.get("netns"):
-        ip("route", "del", "blackhole", str(SERVICE_RANGE), check=False)
+        netlink.delete_route(None, str(SERVICE_RANGE), blackhole=True)
         return
     for peer in doc["nodes"].values():
         if peer.get("netns"):
-            ip("route", "del", rec["pod_cidr"], netns=peer["netns"], check=False)
-    ip("netns", "delete", rec["netns"], check=False)
+            netlink.delete_route(peer["netns"], rec["pod_cidr"])
+    netns.delete(rec["netns"], check=False)
     cgroups.remove(os.path.dirname(forwarder_cgroup(doc["cluster"], name)))
     if not any(n.get("netns") for n in doc["nodes"].values()):
-        ip("netns", "delete", underlay_ns(doc["cluster"]), check=False)
+        netns.delete(underlay_ns(doc["cluster"]), check=False)
 
 
 # ---------------------------------------------------------------- pods
@@ -186,21 +195,20 @@ def add_pod(doc: dict, name: str, node_name: str, address: str = None, ns: str =
         pod_ns = rec["netns"]
         rec["host_if"] = host_if = _ifname("gw", cluster, name)
         rec["pod_if"] = pod_if = "eth0" if rec["netns_owned"] else "gw0"
-        if ip("link", "show", pod_if, netns=pod_ns, check=False):
-            raise GlasswingError(f"namespace {pod_ns} already has an interface {pod_if}")
-        ip("link", "add", host_if, "type", "veth", "peer", "name", pod_if,
-           "netns", pod_ns, netns=node_ns)
-        undo.push(lambda: ip("link", "del", host_if, netns=node_ns, check=False))
-        ip("link", "set", "lo", "up", netns=pod_ns)
-        ip("addr", "add", f"{addr}/32", "dev", pod_if, netns=pod_ns)
-        ip("link", "set", pod_if, "up", netns=pod_ns)
-        ip("route", "add", node["gateway"], "dev", pod_if, "scope", "link", netns=pod_ns)
-        ip("route", "add", str(MESH_RANGE), "via", node["gateway"], "dev", pod_if,
-           "src", addr, netns=pod_ns)
-        ip("addr", "add", f"{node['gateway']}/32", "dev", host_if, netns=node_ns)
-        ip("link", "set", host_if, "up", netns=node_ns)
-        ip("route", "add", f"{addr}/32", "dev", host_if, "scope", "link", netns=node_ns)
-        ensure_blackhole(node)
+        with netlink.opened(node_ns) as host, netlink.opened(pod_ns) as pod:
+            if pod.exists(pod_if):
+                raise GlasswingError(f"namespace {pod_ns} already has an interface {pod_if}")
+            host.add_veth(host_if, pod_if, pod_ns)
+            undo.push(netlink.delete_link, node_ns, host_if)
+            pod.up("lo")
+            pod.add_address(pod_if, f"{addr}/32")
+            pod.up(pod_if)
+            pod.add_route(node["gateway"], dev=pod_if)
+            pod.add_route(str(MESH_RANGE), via=node["gateway"], dev=pod_if, src=addr)
+            host.add_address(host_if, f"{node['gateway']}/32")
+            host.up(host_if)
+            host.add_route(f"{addr}/32", dev=host_if)
+            host.add_blackhole(str(SERVICE_RANGE), replace=True)
     doc["pods"][name] = rec
     return rec
 
@@ -210,16 +218,16 @@ def _pod_netns(cluster, name, ns, undo):
         ns_ = ns_name(cluster, "pod", name)
         if netns.exists(ns_):
             raise GlasswingError(f"network namespace {ns_} already exists")
-        ip("netns", "add", ns_)
-        undo.push(ip, "netns", "delete", ns_)
+        netns.create(ns_)
+        undo.push(netns.delete, ns_, False)
         return ns_, True
     if ns.startswith("/proc/"):
         parts = ns.split("/")
         if len(parts) != 5 or not parts[2].isdigit() or parts[3:] != ["ns", "net"]:
             raise GlasswingError(f"invalid --netns {ns!r}: use a name in /run/netns or /proc/PID/ns/net")
         ns_ = ns_name(cluster, "pod", name)
-        ip("netns", "attach", ns_, parts[2])
-        undo.push(ip, "netns", "delete", ns_)
+        netns.attach(ns_, int(parts[2]))
+        undo.push(netns.delete, ns_, False)
         return ns_, False
     if "/" in ns or not netns.exists(ns):
         raise GlasswingError(f"network namespace {ns!r} does not exist")
@@ -246,11 +254,11 @@ def _pod_cgroup(cluster, name, cgroup, doc, undo):
 def remove_pod(doc: dict, name: str) -> dict:
     rec = get_pod(doc, name)
     node = doc["nodes"].get(rec["node"], {})
-    ip("link", "del", rec["host_if"], netns=node.get("netns"), check=False)
+    netlink.delete_link(node.get("netns"), rec["host_if"])
     if rec["netns_owned"] or rec["netns"].startswith(f"gw-{doc['cluster']}-pod-"):
         if rec["netns_owned"]:
             _kill_netns_procs(rec["netns"])
-        ip("netns", "delete", rec["netns"], check=False)
+        netns.delete(rec["netns"], check=False)
     if rec["cgroup_owned"]:
         cgroups.remove(rec["cgroup"])
     del doc["pods"][name]
@@ -258,12 +266,10 @@ def remove_pod(doc: dict, name: str) -> dict:
 
 
 def _kill_netns_procs(ns: str) -> None:
-    import subprocess
-    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-    for pid in r.stdout.split():
+    for pid in netns.pids(ns):
         try:
-            os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
+            os.kill(pid, 9)
+        except ProcessLookupError:
             pass
 
 

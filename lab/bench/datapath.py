@@ -99,6 +99,8 @@ class Bench:
         cfg = os.path.join(self.lab.dir, f"haproxy-{len(self.proxies)}.cfg")
         with open(cfg, "w") as f:
             f.write(HAPROXY_CFG.format(listeners="\n".join(listeners)))
+        # `ip netns exec` on purpose: this runs a program in the namespace, which is not
+        # netlink (pyroute2 has nothing for it), and haproxy needs no cgroup of the mesh.
         self.proxies.append(subprocess.Popen(["ip", "netns", "exec", ns, "haproxy", "-db", "-f", cfg],
                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                              start_new_session=True))

@@ -4,8 +4,9 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
+
+from dataplane.host import netns
 
 
 def _interrupt(*_):
@@ -73,6 +74,7 @@ def roomy_ports(lab) -> None:
     upstream side, the direct baseline) runs out of ports after a few runs and measures
     the port search instead."""
     doc = lab.doc
-    for ns in [p["netns"] for p in doc["pods"].values()] + [n["netns"] for n in doc["nodes"].values()]:
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
-                        "net.ipv4.ip_local_port_range=16000 65000"], check=True)
+    names = [p["netns"] for p in doc["pods"].values()] + [n["netns"] for n in doc["nodes"].values()]
+    for ns in filter(None, names):  # never the host's own (the local node has no netns)
+        netns.sysctl("net.ipv4.tcp_tw_reuse", "1", netns=ns)
+        netns.sysctl("net.ipv4.ip_local_port_range", "16000 65000", netns=ns)

@@ -197,7 +197,8 @@ BAD = [
     (["--node", "n1", "pod", "add", "p2", "--netns", "gwtest-no-such-ns"],
      "network namespace 'gwtest-no-such-ns' does not exist"),
     (["--node", "n1", "pod", "add", "p2", "--netns", "/proc/self/ns/net"], "invalid --netns '/proc/self/ns/net'"),
-    (["--node", "n1", "pod", "add", "p2", "--netns", "/proc/999999999/ns/net"], "ip netns attach"),
+    (["--node", "n1", "pod", "add", "p2", "--netns", "/proc/999999999/ns/net"],
+     "cannot attach network namespace gw-{cluster}-pod-p2: no process 999999999"),
     (["--node", "n1", "pod", "add", "p2", "--cgroup", "gwtest-no-such-cgroup"],
      "gwtest-no-such-cgroup does not exist"),
     (["--node", "n1", "pod", "add", "p2", "--cgroup", "../../etc"], "is not inside the cgroup v2 mount"),
@@ -356,7 +357,7 @@ def test_pod_add_into_a_namespace_that_has_gw0(env, user_netns):
 
 
 def test_pod_add_failing_after_the_veth_is_made(env, user_netns):
-    # The pod namespace already routes the node's gateway, so `ip route add GATEWAY dev gw0`
+    # The pod namespace already routes the node's gateway, so adding the route to GATEWAY dev gw0
     # fails after the veth pair, the pod address and the link state were set.
     ns = user_netns("gwtest-y")
     _ip("-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
@@ -364,7 +365,7 @@ def test_pod_add_failing_after_the_veth_is_made(env, user_netns):
     _ip("-n", ns, "link", "set", "d1", "up")
     _ip("-n", ns, "route", "add", env.facts["gateway"], "dev", "d0")
     _assert_pod_add_fails_cleanly(env, ["--node", "n1", "pod", "add", "p2", "--netns", ns],
-                                  f"ip -n {ns} route add {env.facts['gateway']} dev gw0")
+                                  f"cannot add route {env.facts['gateway']} dev gw0 in netns {ns}: File exists")
     assert ns in _netns_names(), "the user's namespace was deleted"
     assert _links(ns) == {"lo": "", "d0": "veth", "d1": "veth"}
     assert _ip("-n", ns, "-4", "addr", "show", "dev", "d0").count("inet ") == 0
@@ -382,7 +383,7 @@ def test_pod_add_failing_at_the_last_step(env):
         _ip("-n", node_ns, "link", "set", "tstd1", "up")
         _ip("-n", node_ns, "route", "add", f"{addr}/32", "dev", "tstd0")
         _assert_pod_add_fails_cleanly(env, ["--node", "n1", "pod", "add", "p2", "--ip", addr],
-                                      f"route add {addr}/32 dev")
+                                      f"cannot add route {addr}/32 dev gw")
         assert f"gw-{cluster}-pod-p2" not in _netns_names()
         assert f"{addr} dev tstd0" in _ip("-n", node_ns, "route", "show")
     finally:
