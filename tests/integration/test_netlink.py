@@ -14,8 +14,8 @@ from dataplane.errors import GlasswingError
 from dataplane.host import netlink
 from dataplane.host import netns
 from lab.cluster import Lab
-from tests import leaks
-from tests.conftest import need_root_and_bpf
+from tests.support import leaks
+from tests.support.need import need_root_and_bpf
 
 
 def _ip(*args) -> str:
