@@ -26,12 +26,19 @@ POD_RANGE = ipaddress.IPv4Network("198.18.0.0/16")
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")  # node addresses of simulated nodes
 SERVICE_RANGE = ipaddress.IPv4Network("198.19.0.0/16")
 MESH_RANGE = ipaddress.IPv4Network("198.18.0.0/15")  # the only routes a pod gets
+# IPv6 (RFC 5180 benchmarking range): a pod's IPv6 address ends in its IPv4 address
+# (198.18.1.5 -> 2001:2::c612:105); services get VIPs from their own /64, blackholed like the IPv4 one.
+POD_RANGE6 = ipaddress.IPv6Network("2001:2::/96")
+SERVICE_RANGE6 = ipaddress.IPv6Network("2001:2:0:ffff::/64")
+MESH_RANGE6 = ipaddress.IPv6Network("2001:2::/48")  # the only IPv6 routes a pod gets
 
 OUTBOUND_IP = "127.0.0.1"
+OUTBOUND_IP6 = "::1"  # the forwarder's listeners for native IPv6 sockets (IPV6_V6ONLY), same ports
 OUTBOUND_PORT = 15001
 TUNNEL_PORT = 15008
 DNS_PORT = 15053  # UDP, the forwarder's resolver in each pod's namespace
 INBOUND_SOURCE = "127.0.0.6"  # source of connections the forwarder makes into a pod
+INBOUND_SOURCE6 = "::6"  # the same, to an IPv6 endpoint
 FORWARDER_MARK = 0x6777  # SO_MARK on every forwarder socket; connect4 leaves these alone
 
 LOCAL_NODE = "local"

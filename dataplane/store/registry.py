@@ -44,11 +44,11 @@ def service_to_dict(msg) -> dict:
         if s.HasField("health_check") else None
     return {
         "namespace": msg.metadata.namespace or "default", "name": msg.metadata.name,
-        "labels": dict(msg.metadata.labels), "vip": s.vip,
+        "labels": dict(msg.metadata.labels), "vip": s.vip, "vip6": s.vip6, "ip_families": list(s.ip_families),
         "ports": [{"port": p.port, "target": p.target_port or p.port, "protocol": p.protocol,
                    "name": p.name} for p in s.ports],
         "endpoints": [{"pod": e.pod or None, "port": e.port or None, "address": e.address or None,
-                       "weight": e.weight or 1, "zone": e.zone, "labels": dict(e.labels)} for e in s.endpoints],
+                       "address6": e.address6 or None, "weight": e.weight or 1, "zone": e.zone, "labels": dict(e.labels)} for e in s.endpoints],
         "selector": dict(s.selector) or None, "health_check": hc,
     }
 
@@ -140,12 +140,13 @@ def service_snapshot(key: str, d: dict) -> snap.Service:
         metadata=snap.Metadata(name=d.get("name", key), namespace=d.get("namespace", "default"),
                                labels=_frozen(d.get("labels"))),
         spec=snap.ServiceSpec(
-            vip=d["vip"],
+            vip=d.get("vip") or "", vip6=d.get("vip6") or "", ip_families=tuple(d.get("ip_families") or ()),
             ports=tuple(snap.ServicePort(name=p.get("name") or "", port=p["port"], target_port=p["target"],
                                          protocol=p.get("protocol") or "") for p in d["ports"]),
             selector=_frozen(d.get("selector")),
             endpoints=tuple(snap.StaticEndpoint(pod=e.get("pod") or "", port=e.get("port") or 0,
-                                                address=e.get("address") or "", labels=_frozen(e.get("labels")),
+                                                address=e.get("address") or "", address6=e.get("address6") or "",
+                                                labels=_frozen(e.get("labels")),
                                                 zone=e.get("zone") or "", weight=e.get("weight") or 1)
                             for e in d.get("endpoints") or ()),
             health_check=snap.HealthCheck(**hc) if hc else None))
@@ -155,11 +156,11 @@ def _published(_key: str, e: dict) -> snap.PublishedEndpoint:
     return snap.PublishedEndpoint(service=e["service"], service_port=e["service_port"], pod=e["pod"],
                                   node=e["node"], ip=e["ip"], port=e["port"], health=e.get("health") or "unknown",
                                   zone=e.get("zone") or "", weight=e.get("weight") or 1,
-                                  labels=_frozen(e.get("labels")))
+                                  labels=_frozen(e.get("labels")), ip6=e.get("ip6") or "")
 
 
 def _pod(name: str, p: dict) -> snap.Pod:
-    return snap.Pod(name=name, node=p["node"], ip=p.get("ip") or "", namespace=p.get("namespace") or "default",
+    return snap.Pod(name=name, node=p["node"], ip=p.get("ip") or "", ip6=p.get("ip6") or "", namespace=p.get("namespace") or "default",
                     labels=_frozen(p.get("labels")), fail_mode=p.get("fail_mode") or "open",
                     zone=p.get("zone") or "")
 

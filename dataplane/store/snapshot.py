@@ -66,6 +66,7 @@ class StaticEndpoint:
     labels: Frozen = _map()
     zone: str = ""
     weight: int = 0
+    address6: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class ServiceSpec:
     selector: Frozen = _map()
     endpoints: tuple = ()                   # (StaticEndpoint, ...)
     health_check: Optional[HealthCheck] = None
+    vip6: str = ""                          # "": no IPv6 VIP
+    ip_families: tuple = ()                 # ("IPv4", "IPv6") by default; vip is "" without IPv4
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class EndpointSpec:
     health: str = ""
     node: str = ""
     pod: str = ""
+    address6: str = ""
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,7 @@ class Pod:
     name: str
     node: str
     ip: str = ""
+    ip6: str = ""         # "" for a pod made before pods were dual-stack
     namespace: str = "default"
     labels: Frozen = _map()
     fail_mode: str = "open"  # "open" or "closed": what connect4 does when the forwarder is away
@@ -253,6 +258,7 @@ class PublishedEndpoint:
     zone: str = ""
     weight: int = 1
     labels: Frozen = _map()
+    ip6: str = ""         # the pod's IPv6 address; "" when it has none
 
 
 @dataclass(frozen=True)
