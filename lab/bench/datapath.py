@@ -3,6 +3,8 @@
 Topologies (built here, torn down even on Ctrl-C):
     same node:  client --(path)--> server          (both on n1)
     two nodes:  client --(path)--> server2         (n1 -> n2 over the underlay)
+    same node IPv6: client --(path)--> server      (the pods' IPv6 addresses and the IPv6 VIP;
+                                                    direct and the default mesh only)
 
 Paths: direct (no mesh); mesh (the forwarders with the default relay, dataplane/
 relay_modes.py; the tunnel across nodes); "mesh MODE" for every other relay mode, forced
@@ -30,7 +32,7 @@ import time
 
 from dataplane.relay import modes as relay_modes
 from lab.bench.run import iperf3_gbps, roomy_ports, torn_down, write_json
-from lab.bench.http_peers import HTTP_PORT, nginx_argv, parse_wrk, wrk_argv
+from lab.bench.http_peers import HTTP_PORT, nginx_argv, parse_wrk, url, wrk_argv
 from lab.cluster import Lab
 
 IPERF_PORT, SOCKPERF_PORT, PROXY_PORT, PAIR_PORT = 5201, 11111, 16000, 16001
@@ -72,11 +74,13 @@ class Bench:
         lab.up("n1")
         lab.up("n2")
         self.vips = {s["name"]: s["vip"] for s in lab.doc["services"].values()}
+        self.vips6 = {s["name"]: s.get("vip6") for s in lab.doc["services"].values()}
         for name, rec in (("server", self.server), ("server2", self.server2)):
-            lab.spawn(name, ["iperf3", "-s", "-B", rec["ip"], "-p", str(IPERF_PORT)])
-            lab.spawn(name, ["taskset", "-c", "0", "sockperf", "sr", "--tcp", "-i", rec["ip"],
-                             "-p", str(SOCKPERF_PORT)])
-            lab.spawn(name, nginx_argv(lab.dir, name, rec["ip"]))
+            for ip in filter(None, (rec["ip"], rec.get("ip6"))):
+                lab.spawn(name, ["iperf3", "-s", "-B", ip, "-p", str(IPERF_PORT)])
+                lab.spawn(name, ["taskset", "-c", "0", "sockperf", "sr", "--tcp", "-i", ip,
+                                 "-p", str(SOCKPERF_PORT)])
+            lab.spawn(name, nginx_argv(lab.dir, name, rec["ip"], ip6=rec.get("ip6") or ""))
         roomy_ports(lab)  # as in bench connections: wrk's close runs open ~10^5 connections
         doc = lab.doc
         self.n1, self.n2 = doc["nodes"]["n1"], doc["nodes"]["n2"]
@@ -113,14 +117,17 @@ class Bench:
                                           ("haproxy", gw, PROXY_PORT)]],
             *[("two nodes", *p) for p in [("direct", self.server2["ip"], 0), *mesh, ("socket lb", None, 0),
                                           ("haproxy pair", gw, PROXY_PORT + 100)]],
+            *[("same node IPv6", *p) for p in [("direct", self.server.get("ip6"), 0), ("mesh", None, 0)]
+              if self.server.get("ip6")],
         ]
 
     # ------------------------------------------------------------ tools
 
     def _dest(self, topo, path, ip, offset, port):
         if path.startswith("mesh") or path == "socket lb":
-            server = "server" if topo == "same node" else "server2"
-            return self.vips[f"{server}-{port}" + ("-lb" if path == "socket lb" else "")], port
+            server = "server2" if topo == "two nodes" else "server"
+            vips = self.vips6 if topo.endswith("IPv6") else self.vips
+            return vips[f"{server}-{port}" + ("-lb" if path == "socket lb" else "")], port
         return ip, (offset + port) if offset else port
 
     def iperf(self, ip, port, streams):
@@ -139,7 +146,7 @@ class Bench:
         return {"RTT p50 us, 64 B": 2 * float(p50.group(1)), "RTT p99 us, 64 B": 2 * float(p99.group(1))}
 
     def wrk(self, ip, port, close):
-        r = self.lab.run("client", wrk_argv(f"http://{ip}:{port}/", self.seconds, 32 if close else 16, close),
+        r = self.lab.run("client", wrk_argv(url(ip, port), self.seconds, 32 if close else 16, close),
                          timeout=self.seconds + 60)
         try:
             got = parse_wrk(r.stdout)
@@ -212,7 +219,8 @@ class Bench:
 
 
 def ratios(results):
-    """Add ratio to direct and to HAProxy (same metric and topology)."""
+    """Add ratio to direct and to HAProxy (same metric and topology); None where the
+    topology has no such baseline (the IPv6 row has no HAProxy)."""
     by = {(r["metric"], r["topology"], r["path"]): r["median"] for r in results}
     for r in results:
         d = by.get((r["metric"], r["topology"], "direct"))
@@ -223,11 +231,12 @@ def ratios(results):
 
 
 def table(results) -> str:
-    lines = [f"{'metric':<22} {'topology':<10} {'path':<13} {'median':>10} {'min':>10} {'max':>10} "
+    lines = [f"{'metric':<22} {'topology':<14} {'path':<13} {'median':>10} {'min':>10} {'max':>10} "
              f"{'/direct':>8} {'/haproxy':>9}"]
     for r in results:
-        lines.append(f"{r['metric']:<22} {r['topology']:<10} {r['path']:<13} {r['median']:10.2f} {r['min']:10.2f} "
-                     f"{r['max']:10.2f} {r['vs_direct']:8.2f} {r['vs_haproxy']:9.2f}")
+        vs_d, vs_h = (f"{v:.2f}" if v is not None else "-" for v in (r["vs_direct"], r["vs_haproxy"]))
+        lines.append(f"{r['metric']:<22} {r['topology']:<14} {r['path']:<13} {r['median']:10.2f} {r['min']:10.2f} "
+                     f"{r['max']:10.2f} {vs_d:>8} {vs_h:>9}")
     return "\n".join(lines)
 
 

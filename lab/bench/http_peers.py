@@ -26,7 +26,7 @@ http {{
     uwsgi_temp_path {dir}/nginx-{name}-uwsgi;
     scgi_temp_path {dir}/nginx-{name}-scgi;
     server {{
-        listen {ip}:{port} backlog=4096;
+        listen {ip}:{port} backlog=4096;{listen6}
         location / {{ {extra}return 200 "{body}"; }}
     }}
 }}
@@ -34,15 +34,21 @@ http {{
 
 
 def nginx_argv(work_dir: str, name: str, ip: str, port: int = HTTP_PORT, body: str = BODY,
-               extra: str = "") -> list:
-    """Write a config for one nginx on ip:port answering every request with 200 and body
-    (extra: more directives for the location, e.g. "add_header x-pod web1 always; "), and
-    return the command that runs it."""
+               extra: str = "", ip6: str = "") -> list:
+    """Write a config for one nginx on ip:port (and [ip6]:port when given) answering every
+    request with 200 and body (extra: more directives for the location, e.g.
+    "add_header x-pod web1 always; "), and return the command that runs it."""
+    listen6 = f"\n        listen [{ip6}]:{port} backlog=4096;" if ip6 else ""
     conf = os.path.join(work_dir, f"nginx-{name}.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=work_dir, name=name, ip=ip, port=port, extra=extra,
+        f.write(NGINX_CONF.format(dir=work_dir, name=name, ip=ip, port=port, extra=extra, listen6=listen6,
                                   body=body.replace("\n", "\\n")))
     return ["nginx", "-c", conf, "-e", "stderr"]
+
+
+def url(ip: str, port: int, path: str = "/") -> str:
+    """http://IP:PORT/path, with the brackets an IPv6 address needs."""
+    return f"http://{'[' + ip + ']' if ':' in ip else ip}:{port}{path}"
 
 
 def wrk_argv(url: str, seconds: int, connections: int, close: bool) -> list:

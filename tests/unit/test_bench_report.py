@@ -26,6 +26,22 @@ def test_table_and_chart():
     assert svg.startswith("<svg") and svg.count("<rect") == 6 and ">8.0<" in svg
 
 
+def test_a_topology_without_haproxy_gets_no_haproxy_ratio():
+    mk = lambda p, v: {"metric": "Gbit/s, 1 stream", "topology": "same node IPv6", "path": p, "median": v,
+                       "min": v, "max": v, "runs": [v]}
+    res = bench.ratios(rows() + [mk("direct", 10.0), mk("mesh", 5.0)])
+    v6 = [r for r in res if r["topology"] == "same node IPv6"]
+    assert [(r["vs_direct"], r["vs_haproxy"]) for r in v6] == [(1.0, None), (0.5, None)]
+    last = bench.table(res).splitlines()[-1].split()
+    assert last[-2:] == ["0.50", "-"] and "IPv6" in last
+
+
+def test_urls_bracket_ipv6_addresses():
+    from lab.bench.http_peers import url
+    assert url("198.18.1.5", 80) == "http://198.18.1.5:80/"
+    assert url("2001:2::c612:105", 8080, "/x") == "http://[2001:2::c612:105]:8080/x"
+
+
 def test_iperf3_gbps_reads_totals_and_refuses_an_error_with_exit_0():
     from subprocess import CompletedProcess
 
