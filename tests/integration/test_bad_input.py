@@ -1,6 +1,7 @@
 """Bad input to the `glasswing` CLI: one error line, a non-zero exit, and nothing changed.
 
-Every command runs as a subprocess of .venv/bin/glasswing with GLASSWING_STATE_DIR and
+Every command runs as a subprocess (`python -m glasswing`, the entry point's own module, so a
+worktree tests its own code) with GLASSWING_STATE_DIR and
 GLASSWING_RUN_DIR pointing at temporary directories, so the real store is never touched.
 A module fixture makes node n1, pod p1 on it and service s1 with the real CLI (for the
 "already exists" rows) and removes them at the end, checking that no namespace or cgroup
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 
@@ -26,8 +28,7 @@ from dataplane.host import topology
 from dataplane.store.kv_open import open_kv
 from dataplane.store.registry import Registry
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GLASSWING = os.path.join(ROOT, ".venv", "bin", "glasswing")
+GLASSWING = [sys.executable, "-m", "glasswing"]
 ERROR = "glasswing: error: "
 NOBODY = 65534
 TIMEOUT = 120  # generous bound for one command; never a pass/fail timing
@@ -84,7 +85,7 @@ class Env:
             os.setgroups([])
             os.setgid(user)
             os.setuid(user)
-        return subprocess.run([GLASSWING, *argv], capture_output=True, text=True, env=self.environ,
+        return subprocess.run([*GLASSWING, *argv], capture_output=True, text=True, env=self.environ,
                               timeout=TIMEOUT, preexec_fn=drop if user is not None else None)
 
     def ok(self, *argv) -> str:
