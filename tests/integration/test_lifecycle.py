@@ -1,8 +1,6 @@
 """Forwarder death and return, fail open and closed, and teardown that
 leaves nothing in the kernel (checked with ip and bpftool)."""
 import json
-import os
-import signal
 import sys
 import time
 
@@ -10,8 +8,7 @@ import pytest
 
 from lab.cluster import Lab
 from tests.support import leaks
-from tests.support.mesh import client, start_peers
-from tests.support.wait import wait_until
+from tests.support.mesh import client, kill_forwarder, start_peers
 
 
 @pytest.fixture
@@ -35,26 +32,10 @@ def lab(kernel_before):
         leaks.assert_clean(kernel_before, leaks.snapshot())
 
 
-def _kill_forwarder(lab, node):
-    pid = lab.ctl(node).forwarder_pid()
-    assert pid
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: _dead(pid), 5, f"forwarder {pid} to die", 0.05)
-
-
-def _dead(pid) -> bool:
-    """Gone, or a zombie (the forwarder may be our own child, reaped later)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_killed_forwarder_fails_open_and_mesh_resumes(lab):
     before = [client(lab, lab.vip, 7000, size=100, pod="app") for _ in range(4)]
     assert {r["greeting"][1] for r in before} == {"127.0.0.6"}
-    _kill_forwarder(lab, "n1")
+    kill_forwarder(lab, "n1")
     during = [client(lab, lab.vip, 7000, size=100, pod="app") for _ in range(6)]
     for r in during:
         assert r.get("error") is None and r["same"], r

@@ -2,6 +2,7 @@
 run inside pods, probes that wait for a listener, and the glasswing CLI."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -52,3 +53,20 @@ def wait_synced(lab, timeout=10.0):
     rev = lab.doc["revision"]
     wait_until(lambda: all(lab.ctl(n).status().get("revision", -1) >= rev for n in lab.nodes_up),
                timeout, f"the forwarders at store revision {rev}", 0.05)
+
+
+def kill_forwarder(lab, node):
+    """SIGKILL node's forwarder (a crash) and wait until it is gone."""
+    pid = lab.ctl(node).forwarder_pid()
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: _dead(pid), 5, f"forwarder {pid} to die", 0.05)
+
+
+def _dead(pid) -> bool:
+    """Gone, or a zombie (the forwarder may be our own child, reaped later)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -82,8 +82,9 @@ def client(ip, port, size):
     print(json.dumps(out))
 
 
-def echo(name, port="7000"):
-    """Only the greeting echo server of serve(), on port. SIGTERM closes the
+def echo(name, port="7000", bind="0.0.0.0"):
+    """Only the greeting echo server of serve(), on bind:port (an IPv6 bind address listens on
+    IPv6 only, IPV6_V6ONLY, as an app that knows no IPv4 would). SIGTERM closes the
     listener at once (new connects are refused) and exits once the
     connections in progress are done: an endpoint going away cleanly."""
     import signal
@@ -107,9 +108,11 @@ def echo(name, port="7000"):
             busy[0] += 1
         threading.Thread(target=handle, args=(c, peer), daemon=True).start()
 
-    ls = socket.socket()
+    ls = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", int(port)))
+    if ":" in bind:
+        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    ls.bind((bind, int(port)))
     ls.listen(512)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
