@@ -2,8 +2,13 @@
 as the IPv4 VIP does, on one node: connect6 sends it to the forwarder's [::1]:15001
 listener, the forwarder reads IP6T_SO_ORIGINAL_DST, finds the service by its IPv6 VIP and
 relays to the endpoint; the app sees the IPv6 VIP as its peer. Socket LB translates a
-native connect in the kernel, and a DNS query to a native IPv6 nameserver is answered by
-the mesh resolver's [::1]:15053 socket, from the server asked.
+native connect in the kernel, a DNS query to a native IPv6 nameserver is answered by the
+mesh resolver's [::1]:15053 socket, from the server asked, and with the forwarder killed a
+native connect fails open to the endpoint.
+
+tests/integration/test_native_v6.py covers the same and more once pods and services are
+dual-stack (their IPv6 addresses and VIPs allocated by the store); this one needs only the
+capture side.
 
 The VIPs are given in the store (spec.vip6 of the contract), endpoints are the pods' IPv4
 addresses, which an IPv6 VIP's backends hold mapped (kernel/map_sync.reachable).
@@ -18,7 +23,7 @@ import pytest
 
 from lab.cluster import Lab
 from tests.support import leaks
-from tests.support.mesh import client, start_peers
+from tests.support.mesh import client, kill_forwarder, start_peers
 
 VIP6 = {"near": "2001:2:0:ffff::7", "socklb": "2001:2:0:ffff::8"}
 ZONE = "default.svc.glasswing"
@@ -89,3 +94,16 @@ def test_dns_to_a_native_ipv6_nameserver_answered_by_the_mesh_resolver(lab):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out == {"id": 0x1234, "rcode": 0, "answers": 1, "last_a": lab.vips["near"], "src": [server, 53]}
+
+
+def test_killed_forwarder_fails_open_for_native_ipv6(lab):
+    """Last: it kills n1's forwarder. With none listening on [::1]:15001, connect6 picks the
+    endpoint itself (web1's mapped IPv4 address)."""
+    kill_forwarder(lab, "n1")
+    try:
+        r = client(lab, VIP6["near"], 7000, size=100)
+        assert r.get("error") is None and r["same"], r
+        assert r["peername"][:2] == [VIP6["near"], 7000]         # the app still sees the VIP
+        assert r["greeting"] == ["web1", lab.ips["client"]]    # straight there
+    finally:
+        lab.ctl("n1").up()
