@@ -1,6 +1,6 @@
 /* cgroup/getpeername6 on pod cgroups: getpeername4 for AF_INET6 sockets
- * connect6 redirected: the app sees the mapped service address it dialled
- * (::ffff:VIP) as its peer, not the forwarder. */
+ * connect6 redirected: the app sees the service address it dialled, mapped
+ * (::ffff:VIP) or native IPv6, as its peer, not the forwarder. */
 #include "maps.h"
 #include "sockaddr.h"
 

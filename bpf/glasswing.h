@@ -5,8 +5,15 @@
  * or offset differs. Padding is explicit so both sides agree on layout.
  *
  * Addresses and ports the kernel hands us in network order (sock_addr
- * user_ip4/user_port) stay in network order in the maps; the tuple key uses
- * host-order ports because sock_ops gives local_port in host order.
+ * user_ip4/user_ip6/user_port) stay in network order in the maps; the tuple
+ * key uses host-order ports because sock_ops gives local_port in host order.
+ *
+ * One address space for both families: every address is 16 bytes (__u32[4],
+ * network order), an IPv4 one stored IPv4-mapped (::ffff:a.b.c.d, RFC 4291
+ * 2.5.5.2), as the kernel's own dual-stack sockets see it. So an AF_INET
+ * socket, an AF_INET6 socket dialling a mapped address and the forwarder's
+ * AF_INET accepted socket all agree on keys; native IPv6 is just another
+ * address.
  */
 #ifndef GLASSWING_H
 #define GLASSWING_H
@@ -19,6 +26,9 @@
 #endif
 
 #define GW_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv4.h, not in uapi headers we can include */
+#define GW_IP6T_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv6/ip6_tables.h, at SOL_IPV6 */
+#define GW_SOL_IP 0
+#define GW_SOL_IPV6 41
 #define GW_SOCK_STREAM 1     /* linux/net.h */
 
 /* orig_dst.flags */
@@ -35,9 +45,11 @@
 #define GW_FAIL_OPEN 0
 #define GW_FAIL_CLOSED 1
 
-/* VIP and port of a service (network order). */
+/* VIP and port of a service (network order). An IPv4 VIP and an IPv6 VIP of
+ * one service have entries of their own, with svc_ids of their own: each
+ * one's backends hold addresses its sockets can reach. */
 struct svc_key {
-	__u32 vip;
+	__u32 vip[4];
 	__u16 port;
 	__u8 proto;
 	__u8 pad;
@@ -54,9 +66,10 @@ struct backend_key {
 	__u32 slot;
 };
 
-/* An endpoint address (network order). */
+/* An endpoint address (network order): IPv4 (mapped) for an IPv4 VIP, IPv6
+ * (or mapped, for an endpoint without one) for an IPv6 VIP. */
 struct backend_value {
-	__u32 ip;
+	__u32 ip[4];
 	__u16 port;
 	__u16 pad;
 };
@@ -74,17 +87,17 @@ struct gw_config {
 	__u32 mark;          /* SO_MARK on forwarder sockets: never redirected */
 	__u16 outbound_port; /* forwarder outbound listener, network order */
 	__u16 dns_port;      /* forwarder DNS resolver (UDP, same address), network order */
-	__u32 outbound_ip;   /* network order, 127.0.0.1 */
-	__u32 pad2;
+	__u32 outbound_ip[4];  /* for IPv4 (and mapped) destinations: ::ffff:127.0.0.1 */
+	__u32 outbound_ip6[4]; /* for native IPv6 ones: ::1, the IPV6_V6ONLY listeners */
 };
 
 /* What the app dialled, kept with the app's socket (and copied to the
  * forwarder's accepted socket). ip/port network order. */
 struct orig_dst {
-	__u32 ip;
+	__u32 ip[4];
 	__u16 port;
 	__u16 flags;
-	__u32 redir_ip;   /* where connect4 sent it instead */
+	__u32 redir_ip[4]; /* where connect4/6 or sendmsg4/6 sent it instead */
 	__u16 redir_port;
 	__u16 pad;
 };
@@ -95,8 +108,8 @@ struct orig_dst {
  * pods apart: every pod has the same 127.0.0.1. Ports in host order. */
 struct tuple_key {
 	__u64 netns;
-	__u32 local_ip;
-	__u32 remote_ip;
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
 	__u16 local_port;
 	__u16 remote_port;
 	__u32 pad;

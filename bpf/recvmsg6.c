@@ -1,7 +1,8 @@
 /* cgroup/recvmsg6 on pod cgroups: recvmsg4 for AF_INET6 sockets. An answer
- * from the forwarder's resolver arrives from ::ffff:127.0.0.1 and appears to
- * come from the mapped DNS server the app asked (steered by connect6, or by
- * sendmsg4 for a sendto(), which the kernel runs for mapped addresses). */
+ * from the forwarder's resolver appears to come from the DNS server the app
+ * asked: a mapped one (steered to ::ffff:127.0.0.1 by connect6, or by sendmsg4
+ * for a sendto(), which the kernel runs for mapped addresses) or a native
+ * IPv6 one (steered to [::1] by connect6 or sendmsg6). */
 #include "maps.h"
 #include "sockaddr.h"
 

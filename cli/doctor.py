@@ -9,7 +9,8 @@ from .output import emit
 
 def _ipv6():
     """IPv6 is not needed, but where it is on, dual-stack apps (the JVM, gRPC C-core) dial
-    IPv4 through AF_INET6 sockets, which only the `6` hooks see: say which case this is."""
+    IPv4 through AF_INET6 sockets, and apps may dial services' IPv6 VIPs, which only the `6`
+    hooks see: say which case this is."""
     try:
         with open("/proc/sys/net/ipv6/conf/all/disable_ipv6") as f:
             disabled = f.read().strip() != "0"
@@ -21,7 +22,7 @@ def _ipv6():
     except OSError as e:
         sockets = f"AF_INET6 sockets fail ({e.strerror})"
     state = "disabled (net.ipv6.conf.all.disable_ipv6=1)" if disabled else "enabled"
-    return f"{state}; {sockets}: dual-stack apps dial IPv4 as ::ffff:a.b.c.d (the 6 hooks)"
+    return f"{state}; {sockets}: dual-stack apps dial IPv4 as ::ffff:a.b.c.d, and IPv6 VIPs natively (the 6 hooks)"
 
 
 def _hooks(ctl):

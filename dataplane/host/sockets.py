@@ -1,6 +1,7 @@
 """Socket helpers for the forwarder: marks, namespaces, resets, SO_ORIGINAL_DST."""
 import asyncio
 import errno
+import ipaddress
 import os
 import socket
 import struct
@@ -8,29 +9,40 @@ import struct
 from dataplane.host import netns
 from dataplane.settings import FORWARDER_MARK
 
-SO_ORIGINAL_DST = 80
+SO_ORIGINAL_DST = 80       # SOL_IP, answers a sockaddr_in
+IP6T_SO_ORIGINAL_DST = 80  # SOL_IPV6, answers a sockaddr_in6
 IP_BIND_ADDRESS_NO_PORT = 24
 
 
-def marked_socket(ns_fd: int = None, home_fd: int = None, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A non-blocking socket (TCP unless kind says otherwise) with the
-    forwarder mark, made in namespace ns_fd (the caller's own if None)."""
+def marked_socket(ns_fd: int = None, home_fd: int = None, kind: int = socket.SOCK_STREAM,
+                  family: int = socket.AF_INET) -> socket.socket:
+    """A non-blocking socket (TCP unless kind says otherwise, AF_INET unless family
+    says otherwise) with the forwarder mark, made in namespace ns_fd (the caller's own if
+    None). An AF_INET6 one is IPV6_V6ONLY: IPv4 (and mapped) traffic is the AF_INET
+    sockets' business."""
     flags = kind | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK  # non-blocking from birth: no fcntl
     if ns_fd is not None:
         with netns.entered(ns_fd, home_fd):
-            s = socket.socket(socket.AF_INET, flags)
+            s = socket.socket(family, flags)
     else:
-        s = socket.socket(socket.AF_INET, flags)
+        s = socket.socket(family, flags)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     except OSError:
         s.close()
         raise
     return s
 
 
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def listener(ip: str, port: int, ns_fd: int = None, home_fd: int = None, backlog: int = 4096):
-    s = marked_socket(ns_fd, home_fd)
+    """A marked, non-blocking TCP listener on ip:port (IPv4 or IPv6) made in namespace ns_fd."""
+    s = marked_socket(ns_fd, home_fd, family=_family(ip))
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((ip, port))
@@ -42,8 +54,8 @@ def listener(ip: str, port: int, ns_fd: int = None, home_fd: int = None, backlog
 
 
 def udp_socket(ip: str, port: int, ns_fd: int = None, home_fd: int = None) -> socket.socket:
-    """A bound, marked, non-blocking UDP socket made in namespace ns_fd."""
-    s = marked_socket(ns_fd, home_fd, socket.SOCK_DGRAM)
+    """A bound, marked, non-blocking UDP socket on ip:port (IPv4 or IPv6) made in namespace ns_fd."""
+    s = marked_socket(ns_fd, home_fd, socket.SOCK_DGRAM, _family(ip))
     try:
         s.bind((ip, port))
     except OSError:
@@ -103,15 +115,25 @@ def _established(s: socket.socket) -> bool:
 
 
 def original_dst(s: socket.socket):
-    """(ip, port) the app dialled, answered by the getsockopt hook; None if unknown."""
+    """(ip, port) the app dialled, answered by the getsockopt hook (bpf/getsockopt.c); None if
+    unknown. An accepted AF_INET socket asks SO_ORIGINAL_DST (a sockaddr_in), an AF_INET6 one
+    IP6T_SO_ORIGINAL_DST (a sockaddr_in6). ip is text as the catalog keys VIPs: IPv4 for an
+    IPv4 or IPv4-mapped address, else the compressed IPv6 text."""
     try:
-        raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        if s.family == socket.AF_INET6:
+            raw = s.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+        else:
+            raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     except OSError:
         return None
-    family = struct.unpack_from("=H", raw)[0]  # sockaddr_in: family in host order, port in network order
-    if family != socket.AF_INET:
-        return None
-    return socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+    # sockaddr_in(6): family in host order, port in network order
+    family, port = struct.unpack_from("=H", raw)[0], struct.unpack_from("!H", raw, 2)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        return socket.inet_ntoa(raw[4:8]), port
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        ip = ipaddress.IPv6Address(raw[8:24])
+        return str(ip.ipv4_mapped or ip), port
+    return None
 
 
 def reset(s: socket.socket) -> None:

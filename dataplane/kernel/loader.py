@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from dataplane.errors import GlasswingError
-from dataplane.kernel.hooks import BPF_DIR, HOOKS
+from dataplane.kernel.hooks import BPF_DIR, FILES, HOOKS
 
 MAX_FDS = 16
 RELAY = "kernel_relay"
@@ -24,7 +24,7 @@ RELAY_OBJECTS = ("gw_kr_verdict", "gw_kr_socks", "gw_kr_state", "gw_kr_events")
 
 
 def load(pin_dir: str) -> tuple[dict, dict]:
-    """({hook file: (prog fd, attach type number)} for every hook in hooks.HOOKS,
+    """({hook function: (prog fd, attach type number)} for every hook in hooks.HOOKS,
     {name: fd} for the kernel relay's program and maps, RELAY_OBJECTS)."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with parent:
@@ -42,7 +42,7 @@ def load(pin_dir: str) -> tuple[dict, dict]:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         raise GlasswingError(f"loading BPF programs failed: {lines[-1] if lines else 'loader exited'}")
     names = json.loads(msg)
-    hooks = {n["file"]: (fd, n["attach_type"]) for n, fd in zip(names, fds)}
+    hooks = {n["function"]: (fd, n["attach_type"]) for n, fd in zip(names, fds)}
     return hooks, dict(zip(RELAY_OBJECTS, fds[len(names):]))
 
 
@@ -73,12 +73,12 @@ def _child(pin_dir: str, sock_fd: int) -> int:
     cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{BPF_DIR}"]
     names, fds = [], []
     try:
-        mod = bcc.BPF(text=one_unit(BPF_DIR, [h.file for h in HOOKS] + [RELAY]).encode(), cflags=cflags)
+        mod = bcc.BPF(text=one_unit(BPF_DIR, list(FILES) + [RELAY]).encode(), cflags=cflags)
         for hook in HOOKS:
             atype = getattr(bcc.BPFAttachType, hook.attach_type)
             kw = {} if hook.prog_type == "SOCK_OPS" else {"attach_type": atype}
             fn = mod.load_func(hook.function.encode(), getattr(bcc.BPFProgType, hook.prog_type), **kw)
-            names.append({"file": hook.file, "attach_type": int(atype)})
+            names.append({"function": hook.function, "attach_type": int(atype)})
             fds.append(fn.fd)
         fds.append(mod.load_func(RELAY_OBJECTS[0].encode(), bcc.BPFProgType.SK_SKB).fd)
         from bcc import libbcc  # bcc has no table class for a SOCKHASH: take the fd

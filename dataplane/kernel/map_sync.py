@@ -7,18 +7,14 @@ service touches only its entries and established connections never notice.
 import ctypes as C
 import os
 import socket
-import struct
 
+from dataplane.kernel.addrs import ip16, is_ipv6
 from dataplane.kernel.maps import PinnedMap
 from dataplane.kernel.structs import (BackendKey, BackendValue, GW_FAIL_CLOSED, GW_FAIL_OPEN, GW_SVC_SOCKET_LB, GwConfig,
-                          PodSettings, SvcKey, SvcValue)
-from dataplane.settings import DNS_PORT, FORWARDER_MARK, OUTBOUND_IP, OUTBOUND_PORT
+                                      PodSettings, SvcKey, SvcValue)
+from dataplane.settings import DNS_PORT, FORWARDER_MARK, OUTBOUND_IP, OUTBOUND_IP6, OUTBOUND_PORT
 
 IPPROTO_TCP = 6
-
-
-def _n32(ip: str) -> int:
-    return struct.unpack("=I", socket.inet_aton(ip))[0]
 
 
 def _n16(port: int) -> int:
@@ -26,7 +22,8 @@ def _n16(port: int) -> int:
 
 
 class ServiceIds:
-    """Small stable ids for service ports, local to this forwarder's maps."""
+    """Small stable ids for service ports (one per address family), local to this
+    forwarder's maps."""
 
     def __init__(self):
         self.ids = {}
@@ -37,19 +34,32 @@ class ServiceIds:
         return self.ids[key]
 
 
+def reachable(endpoints, v6: bool) -> list:
+    """(address text, port) of each endpoint a socket dialling a VIP of that family reaches
+    it at: for an IPv4 VIP its IPv4 address (endpoints with only an IPv6 one are left out);
+    for an IPv6 VIP its IPv6 address, or its IPv4 one (mapped in the map) when it has none."""
+    if v6:
+        return [(ep.ip6 or ep.ip, ep.port) for ep in endpoints if ep.ip6 or ep.ip]
+    return [(ep.ip, ep.port) for ep in endpoints if ep.ip]
+
+
 def desired(catalog, snapshot, node: str, cgroup_ids: dict, ids: ServiceIds) -> dict:
     """{map name: {key bytes: value bytes}} for services, backends and pods, from a
     catalog and the store Snapshot it was built from (store/snapshot.py).
-    Backends (for fail-open translation) are the registered healthy endpoints."""
+    Backends (for fail-open translation and socket LB) are the registered healthy
+    endpoints. The IPv4 and the IPv6 VIP of a service port get a services entry and a
+    service id each, their backends the endpoint addresses of their family (reachable())."""
     services, backends, pods = {}, {}, {}
     for (vip, port), sp in catalog.by_vip.items():
-        sid = ids.get((sp.service, port))
-        key = SvcKey(vip=_n32(vip), port=_n16(port), proto=IPPROTO_TCP)
-        services[bytes(key)] = bytes(SvcValue(svc_id=sid, count=len(sp.endpoints),
+        v6 = is_ipv6(vip)
+        sid = ids.get((sp.service, port, 6 if v6 else 4))
+        eps = reachable(sp.endpoints, v6)
+        key = SvcKey(vip=ip16(vip), port=_n16(port), proto=IPPROTO_TCP)
+        services[bytes(key)] = bytes(SvcValue(svc_id=sid, count=len(eps),
                                               flags=GW_SVC_SOCKET_LB if sp.socket_lb else 0))
-        for slot, ep in enumerate(sp.endpoints):
+        for slot, (ip, ep_port) in enumerate(eps):
             backends[bytes(BackendKey(svc_id=sid, slot=slot))] = \
-                bytes(BackendValue(ip=_n32(ep.ip), port=_n16(ep.port)))
+                bytes(BackendValue(ip=ip16(ip), port=_n16(ep_port)))
     for pname, pod in snapshot.pods.items():
         cid = cgroup_ids.get(pname)
         if pod.node == node and cid is not None:
@@ -71,7 +81,7 @@ class MapState:
     def set_config(self, fwd_cgroup_id: int) -> None:
         cfg = GwConfig(fwd_cgroup_id=fwd_cgroup_id, mark=FORWARDER_MARK,
                        outbound_port=_n16(OUTBOUND_PORT), dns_port=_n16(DNS_PORT),
-                       outbound_ip=_n32(OUTBOUND_IP))
+                       outbound_ip=ip16(OUTBOUND_IP), outbound_ip6=ip16(OUTBOUND_IP6))
         self.maps["config"].update(C.c_uint32(0), cfg)
 
     def apply(self, want: dict) -> int:

@@ -36,7 +36,7 @@ class Programs:
 
     def __init__(self, pin_dir: str):
         self.pin_dir = pin_dir
-        self._progs = {}     # hook file -> (prog fd, attach type number)
+        self._progs = {}     # hook function -> (prog fd, attach type number)
         self._attached = []  # (cgroup path, cgroup fd, hook), in attach order
         self.relay = {}      # the kernel relay's program and map fds (loader.RELAY_OBJECTS)
 
@@ -57,7 +57,7 @@ class Programs:
         done = []
         try:
             for hook in hooks:
-                prog, atype = self._progs[hook.file]
+                prog, atype = self._progs[hook.function]
                 bpf_sys.prog_attach(prog, fd, atype, BPF_F_ALLOW_MULTI)
                 done.append((cgroup, fd, hook))
         except OSError as e:
@@ -79,7 +79,7 @@ class Programs:
             os.close(mine[0][1])
 
     def _detach_one(self, cgroup, fd, hook):
-        prog, atype = self._progs[hook.file]
+        prog, atype = self._progs[hook.function]
         try:
             bpf_sys.prog_detach(prog, fd, atype)
         except OSError:  # cgroup already gone: nothing left to detach
@@ -120,10 +120,10 @@ def attached(cgroup: str) -> list:
 
 
 def missing_hooks(cgroup: str, role: str) -> list:
-    """The hooks (kernel/hooks.py files) that role ("pod" or "forwarder") needs and that are
+    """The hooks (kernel/hooks.py names: connect4, ...) that role ("pod" or "forwarder") needs and that are
     not attached to cgroup, by attach type and program name as bpftool reports them."""
     have = {(atype, name) for _id, atype, name in attached(cgroup)}
-    return [h.file for h in HOOKS if (h.on_pods if role == "pod" else h.on_forwarder)
+    return [h.name for h in HOOKS if (h.on_pods if role == "pod" else h.on_forwarder)
             and (h.bpftool_type, h.function) not in have]
 
 

@@ -3,9 +3,12 @@ bpf/kernel_relay.h (the kernel relay), field for field.
 
 tests/unit/test_bpf_structs.py compiles each header and compares every size
 and offset with these, the way Cilium's alignchecker guards its Go mirrors.
-Fields the kernel keeps in network order are marked (n).
+Fields the kernel keeps in network order are marked (n). Addresses are 16 bytes (IP16),
+IPv4 ones mapped (::ffff:a.b.c.d); kernel/addrs.py converts them from and to text.
 """
 import ctypes as C
+
+IP16 = C.c_uint32 * 4  # __u32 [4], network order
 
 GW_REDIRECTED = 1
 GW_TRANSLATED = 2
@@ -16,7 +19,7 @@ GW_FAIL_CLOSED = 1
 
 
 class SvcKey(C.Structure):
-    _fields_ = [("vip", C.c_uint32),  # (n)
+    _fields_ = [("vip", IP16),  # (n)
                 ("port", C.c_uint16),  # (n)
                 ("proto", C.c_uint8),
                 ("pad", C.c_uint8)]
@@ -34,7 +37,7 @@ class BackendKey(C.Structure):
 
 
 class BackendValue(C.Structure):
-    _fields_ = [("ip", C.c_uint32),  # (n)
+    _fields_ = [("ip", IP16),  # (n)
                 ("port", C.c_uint16),  # (n)
                 ("pad", C.c_uint16)]
 
@@ -50,23 +53,23 @@ class GwConfig(C.Structure):
                 ("mark", C.c_uint32),
                 ("outbound_port", C.c_uint16),  # (n)
                 ("dns_port", C.c_uint16),  # (n)
-                ("outbound_ip", C.c_uint32),  # (n)
-                ("pad2", C.c_uint32)]
+                ("outbound_ip", IP16),  # (n) mapped 127.0.0.1
+                ("outbound_ip6", IP16)]  # (n) ::1
 
 
 class OrigDst(C.Structure):
-    _fields_ = [("ip", C.c_uint32),  # (n)
+    _fields_ = [("ip", IP16),  # (n)
                 ("port", C.c_uint16),  # (n)
                 ("flags", C.c_uint16),
-                ("redir_ip", C.c_uint32),  # (n)
+                ("redir_ip", IP16),  # (n)
                 ("redir_port", C.c_uint16),  # (n)
                 ("pad", C.c_uint16)]
 
 
 class TupleKey(C.Structure):
     _fields_ = [("netns", C.c_uint64),
-                ("local_ip", C.c_uint32),  # (n)
-                ("remote_ip", C.c_uint32),  # (n)
+                ("local_ip", IP16),  # (n)
+                ("remote_ip", IP16),  # (n)
                 ("local_port", C.c_uint16),
                 ("remote_port", C.c_uint16),
                 ("pad", C.c_uint32)]

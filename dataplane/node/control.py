@@ -174,7 +174,7 @@ class Control:
         return st
 
     def hook_attachments(self) -> list:
-        """[(where, missing hook files)] for the running forwarder of this node: its own
+        """[(where, missing hook names)] for the running forwarder of this node: its own
         cgroup ("forwarder") and the cgroup of each pod it serves ("pod NAME"), each
         checked with bpftool (kernel/programs.missing_hooks). [] when no forwarder runs."""
         from dataplane.kernel.programs import missing_hooks

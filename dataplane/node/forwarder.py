@@ -3,7 +3,8 @@
 Forwarder owns, and undoes in reverse on stop (safe on a partial start): its own cgroup, the
 hook programs and their cgroup attachments, the pinned maps, the tunnel listener on
 NODE_IP:15008, in each pod's namespace a listener on 127.0.0.1:15001 and a DNS socket on
-:15053, the store lease (through the publisher), the admin socket and the pidfile. The rest
+:15053 (and, where the namespace has IPv6, the same on [::1] for native IPv6 sockets), the
+store lease (through the publisher), the admin socket and the pidfile. The rest
 is done by collaborators it makes and wires together, each given what it needs:
 
   reconcile.Reconciler    the store watch; the document turned into catalog, policies,
@@ -21,6 +22,7 @@ process.run() runs a Forwarder as the node's forwarder process; paths.cleanup_st
 undoes what a killed one left.
 """
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -48,7 +50,7 @@ from dataplane.node.reconcile import Reconciler
 from dataplane.node.relays import RelaySink, sweep
 from dataplane.policy.state import Policies
 from dataplane.relay import modes as relay_modes
-from dataplane.settings import DNS_PORT, OUTBOUND_IP, OUTBOUND_PORT, TUNNEL_PORT
+from dataplane.settings import DNS_PORT, OUTBOUND_IP, OUTBOUND_IP6, OUTBOUND_PORT, TUNNEL_PORT
 from dataplane.store.registry import Registry
 
 log = logging.getLogger("glasswing.forwarder")
@@ -63,20 +65,20 @@ class PodState:
         self.cgroup = rec["cgroup"]
         self.cgroup_id = cgroups.cgroup_id(self.cgroup)
         self.namespace = rec.get("namespace", "default")
-        self.listener = None
-        self.task = None
-        self.dns_sock = self.dns_task = self.dns = None  # the resolver in this pod
+        self.listeners = []  # outbound: 127.0.0.1:15001, and [::1]:15001 where IPv6 is on
+        self.dns_socks = []  # the resolver's: 127.0.0.1:15053, and [::1]:15053 where IPv6 is on
+        self.tasks = []      # their accept loops and resolver start-ups
+        self.dns = []        # the resolver's transports, once serving (they own dns_socks)
 
     def close(self):
-        for t in (self.task, self.dns_task):
-            if t:
-                t.cancel()
-        if self.listener:
-            self.listener.close()
-        if self.dns:
-            self.dns.close()
-        elif self.dns_sock:
-            self.dns_sock.close()
+        for t in self.tasks:
+            t.cancel()
+        for s in self.listeners:
+            s.close()
+        for t in self.dns:
+            t.close()
+        for s in self.dns_socks:
+            s.close()  # a no-op for one its transport closed
         os.close(self.ns_fd)
 
 
@@ -218,19 +220,35 @@ class Forwarder:
     def _add_pod(self, name, rec):
         pod = PodState(name, rec)
         try:
-            pod.listener = listener(OUTBOUND_IP, OUTBOUND_PORT, pod.ns_fd, self.home_fd)
-            pod.dns_sock = udp_socket(OUTBOUND_IP, DNS_PORT, pod.ns_fd, self.home_fd)
+            pod.listeners.append(listener(OUTBOUND_IP, OUTBOUND_PORT, pod.ns_fd, self.home_fd))
+            pod.dns_socks.append(udp_socket(OUTBOUND_IP, DNS_PORT, pod.ns_fd, self.home_fd))
+            self._add_ipv6_sockets(pod)
             self.programs.attach(pod.cgroup, "pod")
         except BaseException:
             pod.close()
             raise
-        pod.task = self._spawn(self.acceptor.loop(pod.listener, lambda c: self.outbound.serve(pod, c)))
-        pod.dns_task = self._spawn(self._serve_dns(pod))
+        for lsock in pod.listeners:
+            pod.tasks.append(self._spawn(self.acceptor.loop(lsock, lambda c: self.outbound.serve(pod, c))))
+        for sock in pod.dns_socks:
+            pod.tasks.append(self._spawn(self._serve_dns(pod, sock)))
         self.pods[name] = pod
 
-    async def _serve_dns(self, pod):
+    def _add_ipv6_sockets(self, pod):
+        """The listener and resolver socket on [::1] that connect6 and sendmsg6 send native
+        IPv6 sockets to. A namespace without IPv6 (no ::1: disabled, or no IPv6 in the
+        kernel) gets none, which is no error (doctor says whether IPv6 is on): its native IPv6
+        connects to a VIP then fail open or closed in the kernel, as with the forwarder down."""
+        try:
+            pod.listeners.append(listener(OUTBOUND_IP6, OUTBOUND_PORT, pod.ns_fd, self.home_fd))
+            pod.dns_socks.append(udp_socket(OUTBOUND_IP6, DNS_PORT, pod.ns_fd, self.home_fd))
+        except OSError as e:
+            if e.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                raise
+            log.warning("pod %s: no IPv6 listeners on [%s]: %s", pod.name, OUTBOUND_IP6, e.strerror)
+
+    async def _serve_dns(self, pod, sock):
         # queries that arrive before this runs wait in the bound socket
-        pod.dns = await self.resolver.serve(pod.dns_sock, pod.name)
+        pod.dns.append(await self.resolver.serve(sock, pod.name))
 
     def _drop_pod(self, name):
         pod = self.pods.pop(name)

@@ -21,6 +21,7 @@ import time
 
 from dataplane.store import schema as cs
 from dataplane.store import config as config_store
+from dataplane.kernel.addrs import ip16, ip_text
 from dataplane.kernel.maps import PinnedMap
 from dataplane.kernel.structs import BackendKey, BackendValue, SvcKey, SvcValue
 from lab.cluster import Lab
@@ -56,7 +57,7 @@ class _Maps:
         self.backends = PinnedMap(os.path.join(pins, "backends"), BackendKey, BackendValue)
 
     def service(self, vip, port=7000):
-        key = SvcKey(vip=int.from_bytes(socket.inet_aton(vip), "little"), port=socket.htons(port), proto=6)
+        key = SvcKey(vip=ip16(vip), port=socket.htons(port), proto=6)
         return self.services.get(key)
 
     def backend_ips(self, vip, port=7000):
@@ -67,7 +68,7 @@ class _Maps:
         for slot in range(svc.count):
             be = self.backends.get(BackendKey(svc_id=svc.svc_id, slot=slot))
             if be is not None:
-                out.add(socket.inet_ntoa(be.ip.to_bytes(4, "little")))
+                out.add(ip_text(be.ip))
         return out
 
     def close(self):

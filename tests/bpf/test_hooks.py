@@ -1,13 +1,19 @@
 """The hook programs against the real kernel, without the forwarder: one
 network namespace, a pod cgroup and a forwarder cgroup, small processes in
-each. Checks connect4 (redirect, fail open, fail closed, mark skip),
-sock_ops + getsockopt (SO_ORIGINAL_DST on the accepted socket) and
-getpeername4 (the app sees the VIP), DNS steering (sendmsg4, recvmsg4), and
-the same for AF_INET6 sockets dialling IPv4-mapped addresses (connect6,
-getpeername6, recvmsg6, sock_ops on the mapped connection).
+each. Every behaviour runs three ways (the `fam` fixture): an AF_INET socket
+dialling the IPv4 VIP (connect4, getpeername4, sendmsg4, recvmsg4), an
+AF_INET6 socket dialling it IPv4-mapped (::ffff:VIP: connect6, getpeername6,
+recvmsg6, sendmsg4 for a mapped sendto) and an AF_INET6 socket dialling the
+IPv6 VIP natively (connect6, getpeername6, sendmsg6, recvmsg6). Covered:
+redirect to the forwarder of that family with sock_ops + getsockopt handing
+the original destination to the accepted socket (SO_ORIGINAL_DST, or
+IP6T_SO_ORIGINAL_DST on an AF_INET6 one, read by host.sockets.original_dst),
+other destinations untouched, fail open, fail closed, socket LB, the
+forwarder's own cgroup skipped, DNS steering and the answer's source.
 
-    netns gwbpf-X:  lo 127.0.0.1   (listener 15001 = "forwarder", backend 9000)
-    cgroups:        .../pod (app processes)   .../fwd (listener process)
+    netns gwbpf-X:  lo 127.0.0.1 and ::1 (listeners 15001 = "forwarder" and
+                    9000 = endpoint, on the family's address; resolver 15053)
+    cgroups:        .../pod (app processes)   .../fwd (listener processes)
 """
 import ctypes as C
 import json
@@ -17,11 +23,13 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 
 from dataplane.kernel import maps as bpf_maps
 from dataplane.host import cgroups
+from dataplane.kernel.addrs import ip16
 from dataplane.kernel.hooks import HOOKS
 from dataplane.kernel.programs import Programs, attached, detach_stale
 from dataplane.kernel.map_sync import MapState, ServiceIds, desired
@@ -32,11 +40,31 @@ from dataplane.store.catalog import Catalog
 from lab.cluster import pod_preexec
 from tests.support.need import need_root_and_bpf
 
-VIP, PORT = "198.19.77.7", 80
+VIP, VIP6, PORT = "198.19.77.7", "2001:2:0:ffff::77", 80
+NAMESERVER, NAMESERVER6 = "198.18.250.53", "2001:db8::53"  # nothing is there
 
 
-def n32(ip):
-    return int.from_bytes(socket.inet_aton(ip), "little")
+@dataclass(frozen=True)
+class Family:
+    name: str
+    af: int          # the app's socket family
+    vip: str         # what the app dials (and sees as its peer)
+    vip_key: str     # the VIP whose map entry that finds, as original_dst reports it
+    local: str       # an address in the namespace, as the app's socket spells it
+    listen_ip: str   # where the forwarder's (and the endpoint's) sockets for it are bound
+    nameserver: str  # a DNS server as the app's socket spells it
+
+
+FAMILIES = (
+    Family("v4", socket.AF_INET, VIP, VIP, "127.0.0.1", "127.0.0.1", NAMESERVER),
+    Family("mapped", socket.AF_INET6, "::ffff:" + VIP, VIP, "::ffff:127.0.0.1", "127.0.0.1", "::ffff:" + NAMESERVER),
+    Family("v6", socket.AF_INET6, VIP6, VIP6, "::1", "::1", NAMESERVER6),
+)
+
+
+@pytest.fixture(params=FAMILIES, ids=lambda f: f.name)
+def fam(request):
+    return request.param
 
 
 @pytest.fixture
@@ -47,6 +75,8 @@ def world():
     base = os.path.join(cgroups.cgroup2_root(), f"gwbpftest-{tag}")
     pin = f"/sys/fs/bpf/glasswing/bpftest-{tag}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
+    # IPv6 on lo (::1), whatever this machine's defaults for new namespaces are
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"], check=True)
     subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
     pod, fwd = os.path.join(base, "pod"), os.path.join(base, "fwd")
     os.makedirs(pod)
@@ -85,45 +115,58 @@ def run_in(world, cgroup, code, *args, background=False):
     return json.loads(r.stdout)
 
 
+# A listener on ip:port (IPV6_V6ONLY for an IPv6 ip, as the forwarder's): tells each client
+# its port, the family of the accepted socket and the original destination read from it.
 LISTEN = """
-import socket, struct, sys, json
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen(16); print("ready", flush=True)
+import socket, sys, json
+from dataplane.host.sockets import original_dst
+ip, port = sys.argv[1], int(sys.argv[2])
+l = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if l.family == socket.AF_INET6:
+    l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+l.bind((ip, port)); l.listen(16); print("ready", flush=True)
 while True:
     c, peer = l.accept()
-    try:
-        raw = c.getsockopt(socket.SOL_IP, 80, 16)
-        fam, port = struct.unpack_from("=H", raw)[0], struct.unpack_from("!H", raw, 2)[0]
-        orig = [socket.inet_ntoa(raw[4:8]), port, fam]
-    except OSError as e:
-        orig = ["error", e.errno]
-    c.sendall((json.dumps({"orig": orig, "who": sys.argv[1]}) + "\\n").encode()); c.close()
+    orig = original_dst(c)
+    c.sendall((json.dumps({"orig": list(orig) if orig else None, "who": port, "family": c.family}) + "\\n").encode())
+    c.close()
 """
 
 CONNECT = """
 import socket, sys, json
-s = socket.socket()
+s = socket.socket(int(sys.argv[1]))
 try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    out = {"peer": list(s.getpeername()), "reply": json.loads(s.makefile().readline())}
+    s.connect((sys.argv[2], int(sys.argv[3])))
+    out = {"peer": list(s.getpeername())[:2], "reply": json.loads(s.makefile().readline())}
 except OSError as e:
     out = {"error": e.errno}
 print(json.dumps(out))
 """
 
 
-def add_service(world, backend_ip="127.0.0.1", backend_port=9000):
+def connect(world, fam, ip, port=PORT, cgroup="pod"):
+    return run_in(world, cgroup, CONNECT, fam.af, ip, port)
+
+
+def add_service(world, vip, backend_ip, backend_port=9000, flags=0):
+    """Service vip:PORT with one endpoint, written straight into the maps."""
     want = {"backends": {bytes(BackendKey(svc_id=1, slot=0)):
-                         bytes(BackendValue(ip=n32(backend_ip), port=socket.htons(backend_port)))},
-            "services": {bytes(SvcKey(vip=n32(VIP), port=socket.htons(PORT), proto=6)):
-                         bytes(SvcValue(svc_id=1, count=1))},
+                         bytes(BackendValue(ip=ip16(backend_ip), port=socket.htons(backend_port)))},
+            "services": {bytes(SvcKey(vip=ip16(vip), port=socket.htons(PORT), proto=6)):
+                         bytes(SvcValue(svc_id=1, count=1, flags=flags))},
             "pods": {}}
     return world["maps"].apply(want)
 
 
-def listen(world, cgroup, port):
-    p = run_in(world, cgroup, LISTEN, port, background=True)
+def listen(world, cgroup, ip, port):
+    p = run_in(world, cgroup, LISTEN, ip, port, background=True)
     assert p.stdout.readline().strip() == "ready"
+
+
+def fail_closed(world):
+    world["maps"].maps["pods"].update(C.c_uint64(cgroups.cgroup_id(world["pod"])),
+                                      PodSettings(fail_mode=GW_FAIL_CLOSED))
 
 
 def test_programs_attached_to_the_right_cgroups(world):
@@ -134,47 +177,87 @@ def test_programs_attached_to_the_right_cgroups(world):
     assert sorted(os.listdir(world["pin"])) == sorted(bpf_maps.MAP_NAMES)
 
 
-def test_redirect_original_dst_and_peername(world):
-    add_service(world)
-    listen(world, "fwd", 15001)
-    out = run_in(world, "pod", CONNECT, VIP, PORT)
-    assert out["reply"]["who"] == "15001"                      # connect4 redirected
-    assert out["reply"]["orig"] == [VIP, PORT, socket.AF_INET]  # sock_ops + getsockopt
-    assert out["peer"] == [VIP, PORT]                           # getpeername4
+def test_redirect_original_dst_and_peername(world, fam):
+    add_service(world, fam.vip_key, fam.listen_ip)
+    listen(world, "fwd", "127.0.0.1", 15001)
+    listen(world, "fwd", "::1", 15001)
+    out = connect(world, fam, fam.vip)
+    reply = out["reply"]
+    # connect4/6 sent it to the forwarder's socket of its family: AF_INET for v4 and mapped
+    assert (reply["who"], reply["family"]) == (15001, socket.AF_INET6 if fam.name == "v6" else socket.AF_INET)
+    assert reply["orig"] == [fam.vip_key, PORT]  # sock_ops + getsockopt (IP6T_SO_ORIGINAL_DST for v6)
+    assert out["peer"] == [fam.vip, PORT]        # getpeername4/6
 
 
-def test_other_destinations_untouched(world):
-    add_service(world)
-    listen(world, "fwd", 15001)
-    listen(world, "fwd", 9000)
-    out = run_in(world, "pod", CONNECT, "127.0.0.1", 9000)
-    assert out["reply"]["who"] == "9000" and out["peer"] == ["127.0.0.1", 9000]
-    assert out["reply"]["orig"][0] == "error"  # no record: getsockopt falls through to the kernel
+def test_other_destinations_untouched(world, fam):
+    add_service(world, fam.vip_key, fam.listen_ip)
+    listen(world, "fwd", fam.listen_ip, 15001)
+    listen(world, "fwd", fam.listen_ip, 9000)
+    out = connect(world, fam, fam.local, 9000)
+    assert out["reply"]["who"] == 9000 and out["peer"] == [fam.local, 9000]
+    assert out["reply"]["orig"] is None  # no record: getsockopt falls through to the kernel
 
 
-def test_fail_open_translates_in_kernel(world):
-    add_service(world)
-    listen(world, "fwd", 9000)  # the endpoint; no forwarder listener on 15001
-    out = run_in(world, "pod", CONNECT, VIP, PORT)
-    assert out["reply"]["who"] == "9000"
-    assert out["peer"] == [VIP, PORT]
+def test_fail_open_translates_in_kernel(world, fam):
+    add_service(world, fam.vip_key, fam.listen_ip)
+    listen(world, "fwd", fam.listen_ip, 9000)  # the endpoint; no forwarder listener on 15001
+    out = connect(world, fam, fam.vip)
+    assert out["reply"]["who"] == 9000
+    assert out["peer"] == [fam.vip, PORT]
 
 
-def test_fail_closed_refuses_at_once(world):
-    add_service(world)
-    world["maps"].maps["pods"].update(C.c_uint64(cgroups.cgroup_id(world["pod"])),
-                                      PodSettings(fail_mode=GW_FAIL_CLOSED))
-    listen(world, "fwd", 9000)
+def test_fail_open_ignores_the_other_familys_forwarder(world, fam):
+    """The forwarder is looked up in the destination's family: with only the other family's
+    listener up, the connect fails open to the endpoint."""
+    add_service(world, fam.vip_key, fam.listen_ip)
+    listen(world, "fwd", "127.0.0.1" if fam.name == "v6" else "::1", 15001)
+    listen(world, "fwd", fam.listen_ip, 9000)
+    assert connect(world, fam, fam.vip)["reply"]["who"] == 9000
+
+
+def test_fail_closed_refuses_at_once(world, fam):
+    add_service(world, fam.vip_key, fam.listen_ip)
+    fail_closed(world)
+    listen(world, "fwd", fam.listen_ip, 9000)
     t = time.monotonic()
-    out = run_in(world, "pod", CONNECT, VIP, PORT)
-    assert out == {"error": 1}  # EPERM
+    out = connect(world, fam, fam.vip)
+    assert out == {"error": 1}  # EPERM, not a timeout
     assert time.monotonic() - t < 5
 
 
-def test_forwarder_cgroup_is_never_redirected(world):
-    add_service(world, backend_ip="127.0.0.1", backend_port=9000)
-    listen(world, "fwd", 15001)
-    out = run_in(world, "fwd", CONNECT, VIP, PORT)
+def test_socket_lb_translates_even_with_a_forwarder(world, fam):
+    add_service(world, fam.vip_key, fam.listen_ip, flags=GW_SVC_SOCKET_LB)
+    listen(world, "fwd", fam.listen_ip, 15001)
+    listen(world, "fwd", fam.listen_ip, 9000)
+    out = connect(world, fam, fam.vip)
+    assert out["reply"]["who"] == 9000
+    assert out["reply"]["orig"] is None  # translated in the kernel: no record for the endpoint
+    assert out["peer"] == [fam.vip, PORT]
+
+
+def test_ipv6_vip_reaches_an_endpoint_without_ipv6_through_its_mapped_address(world):
+    """map_sync puts an endpoint with no IPv6 address behind an IPv6 VIP as ::ffff:IPv4:
+    a native connect6 is translated to it (socket LB), and the app still sees the VIP."""
+    v6 = FAMILIES[2]
+    add_service(world, VIP6, "127.0.0.1", flags=GW_SVC_SOCKET_LB)
+    listen(world, "fwd", "127.0.0.1", 9000)
+    out = connect(world, v6, VIP6)
+    assert (out["reply"]["who"], out["reply"]["family"]) == (9000, socket.AF_INET)
+    assert out["peer"] == [VIP6, PORT]
+
+
+def test_ipv4_vip_never_translated_to_an_ipv6_address(world):
+    """An AF_INET socket cannot reach an IPv6 endpoint: connect4 fails it (EPERM) rather
+    than write a wrong address (map_sync never writes one; this is the kernel's guard)."""
+    add_service(world, VIP, "::1", flags=GW_SVC_SOCKET_LB)
+    listen(world, "fwd", "::1", 9000)
+    assert connect(world, FAMILIES[0], VIP) == {"error": 1}
+
+
+def test_forwarder_cgroup_is_never_redirected(world, fam):
+    add_service(world, fam.vip_key, fam.listen_ip)
+    listen(world, "fwd", fam.listen_ip, 15001)
+    out = connect(world, fam, fam.vip, cgroup="fwd")
     assert "error" in out  # not redirected: the VIP has no route in this namespace
 
 
@@ -239,10 +322,13 @@ def test_stale_programs_detached_by_a_new_owner(world):
     assert attached(world["fwd"]) == []
 
 
-UDP_RESPONDER = """
+RESPONDER = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 15053)); print("ready", flush=True)
+ip = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+if s.family == socket.AF_INET6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.bind((ip, 15053)); print("ready", flush=True)
 while True:
     data, peer = s.recvfrom(2048)
     s.sendto(b"answer:" + data, peer)
@@ -250,122 +336,13 @@ while True:
 
 DNS_CLIENT = """
 import socket, sys, json
-server = (sys.argv[1], 53)
+af, server = int(sys.argv[1]), (sys.argv[2], 53)
 out = {}
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
-s.sendto(b"q1", server)
-data, src = s.recvfrom(2048)
-out["sendto"] = [data.decode(), list(src)]
-c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(2)
-c.connect(server); c.send(b"q2")
-data, src = c.recvfrom(2048)
-out["connected"] = [data.decode(), list(src), list(c.getpeername())]
-print(json.dumps(out))
-"""
-
-NAMESERVER = "198.18.250.53"  # inside the benchmarking range; nothing is there
-
-
-def test_dns_steered_to_resolver_and_answers_come_from_the_server_asked(world):
-    p = run_in(world, "fwd", UDP_RESPONDER, background=True)
-    assert p.stdout.readline().strip() == "ready"
-    out = run_in(world, "pod", DNS_CLIENT, NAMESERVER)
-    assert out["sendto"] == ["answer:q1", [NAMESERVER, 53]]
-    assert out["connected"] == ["answer:q2", [NAMESERVER, 53], [NAMESERVER, 53]]
-
-
-def test_dns_untouched_without_resolver(world):
-    code = ("import socket, sys\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "try:\n    s.sendto(b'q', (sys.argv[1], 53)); print('{\"sent\": true}')\n"
-            "except OSError as e:\n    print('{\"errno\": %d}' % e.errno)\n")
-    out = run_in(world, "pod", code, NAMESERVER)
-    assert out == {"errno": 101}  # ENETUNREACH: left alone, and this namespace has no route
-
-
-# ---- AF_INET6 sockets dialling IPv4-mapped addresses (::ffff:a.b.c.d), as the JVM and
-# gRPC C-core do: connect6, getpeername6, recvmsg6 (sendmsg4 runs for a mapped sendto),
-# and sock_ops publishing the mapped connection under its IPv4 tuple.
-
-CONNECT6 = """
-import socket, sys, json
-s = socket.socket(socket.AF_INET6)
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    out = {"peer": list(s.getpeername())[:2], "reply": json.loads(s.makefile().readline())}
-except OSError as e:
-    out = {"error": e.errno}
-print(json.dumps(out))
-"""
-
-MAPPED_VIP = "::ffff:" + VIP
-
-
-def test_mapped_connect_redirected_with_original_dst_and_peername(world):
-    add_service(world)
-    listen(world, "fwd", 15001)  # an AF_INET listener: it accepts ::ffff:127.0.0.1
-    out = run_in(world, "pod", CONNECT6, MAPPED_VIP, PORT)
-    assert out["reply"]["who"] == "15001"                      # connect6 redirected
-    assert out["reply"]["orig"] == [VIP, PORT, socket.AF_INET]  # sock_ops (mapped tuple) + getsockopt
-    assert out["peer"] == [MAPPED_VIP, PORT]                    # getpeername6
-
-
-def test_mapped_socket_lb_translates_even_with_a_forwarder(world):
-    add_service(world)
-    key = SvcKey(vip=n32(VIP), port=socket.htons(PORT), proto=6)
-    world["maps"].maps["services"].update(key, SvcValue(svc_id=1, count=1, flags=GW_SVC_SOCKET_LB))
-    listen(world, "fwd", 15001)
-    listen(world, "fwd", 9000)
-    out = run_in(world, "pod", CONNECT6, MAPPED_VIP, PORT)
-    assert out["reply"]["who"] == "9000"
-    assert out["reply"]["orig"][0] == "error"  # translated in the kernel: no record for the endpoint
-    assert out["peer"] == [MAPPED_VIP, PORT]
-
-
-def test_mapped_fail_open_translates_in_kernel(world):
-    add_service(world)
-    listen(world, "fwd", 9000)  # the endpoint; no forwarder listener on 15001
-    out = run_in(world, "pod", CONNECT6, MAPPED_VIP, PORT)
-    assert out["reply"]["who"] == "9000"
-    assert out["peer"] == [MAPPED_VIP, PORT]
-
-
-def test_mapped_fail_closed_refuses_at_once(world):
-    add_service(world)
-    world["maps"].maps["pods"].update(C.c_uint64(cgroups.cgroup_id(world["pod"])),
-                                      PodSettings(fail_mode=GW_FAIL_CLOSED))
-    listen(world, "fwd", 9000)
-    out = run_in(world, "pod", CONNECT6, MAPPED_VIP, PORT)
-    assert out == {"error": 1}  # EPERM, not a timeout
-
-
-LISTEN6 = """
-import socket, sys
-l = socket.socket(socket.AF_INET6); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("::1", int(sys.argv[1]))); l.listen(16); print("ready", flush=True)
-while True:
-    c, peer = l.accept(); c.sendall(b'{"who": "v6"}\\n'); c.close()
-"""
-
-
-def test_native_ipv6_destination_untouched(world):
-    add_service(world)
-    listen(world, "fwd", 15001)
-    p = run_in(world, "fwd", LISTEN6, PORT, background=True)
-    assert p.stdout.readline().strip() == "ready"
-    out = run_in(world, "pod", CONNECT6, "::1", PORT)  # same port as the service: only the family differs
-    assert out == {"peer": ["::1", PORT], "reply": {"who": "v6"}}
-
-
-DNS6_CLIENT = """
-import socket, sys, json
-server = (sys.argv[1], 53)
-out = {}
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(2)
+s = socket.socket(af, socket.SOCK_DGRAM); s.settimeout(2)
 s.sendto(b"q1", server)
 data, src = s.recvfrom(2048)
 out["sendto"] = [data.decode(), list(src)[:2]]
-c = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); c.settimeout(2)
+c = socket.socket(af, socket.SOCK_DGRAM); c.settimeout(2)
 c.connect(server); c.send(b"q2")
 data, src = c.recvfrom(2048)
 out["connected"] = [data.decode(), list(src)[:2], list(c.getpeername())[:2]]
@@ -373,27 +350,32 @@ print(json.dumps(out))
 """
 
 
-def test_dns_over_af_inet6_to_a_mapped_server_steered_and_source_restored(world):
-    p = run_in(world, "fwd", UDP_RESPONDER, background=True)  # AF_INET on 127.0.0.1:15053
+def resolver(world, ip):
+    p = run_in(world, "fwd", RESPONDER, ip, background=True)
     assert p.stdout.readline().strip() == "ready"
-    mapped = "::ffff:" + NAMESERVER
-    out = run_in(world, "pod", DNS6_CLIENT, mapped)
-    assert out["sendto"] == ["answer:q1", [mapped, 53]]          # sendmsg4 + recvmsg6
-    assert out["connected"] == ["answer:q2", [mapped, 53], [mapped, 53]]  # connect6 + recvmsg6 + getpeername6
 
 
-def test_dns_to_a_native_ipv6_server_untouched(world):
-    p = run_in(world, "fwd", UDP_RESPONDER, background=True)
-    assert p.stdout.readline().strip() == "ready"
+def test_dns_steered_to_resolver_and_answers_come_from_the_server_asked(world, fam):
+    """sendto: sendmsg4 (v4, and mapped: the kernel runs it for a mapped sendto) or sendmsg6
+    (v6); connected: connect4/6; the answer's source and the peer: recvmsg4/6, getpeername4/6."""
+    resolver(world, fam.listen_ip)
+    out = run_in(world, "pod", DNS_CLIENT, fam.af, fam.nameserver)
+    server = [fam.nameserver, 53]
+    assert out["sendto"] == ["answer:q1", server]
+    assert out["connected"] == ["answer:q2", server, server]
+
+
+def test_dns_untouched_without_a_resolver_of_its_family(world, fam):
+    resolver(world, "::1" if fam.listen_ip == "127.0.0.1" else "127.0.0.1")  # only the other family's
     code = ("import socket, sys, json\n"
             "out = {}\n"
             "for how in ('sendto', 'connect'):\n"
-            "    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+            "    s = socket.socket(int(sys.argv[1]), socket.SOCK_DGRAM)\n"
             "    try:\n"
-            "        s.sendto(b'q', (sys.argv[1], 53)) if how == 'sendto' else s.connect((sys.argv[1], 53))\n"
+            "        s.sendto(b'q', (sys.argv[2], 53)) if how == 'sendto' else s.connect((sys.argv[2], 53))\n"
             "        out[how] = 'sent'\n"
             "    except OSError as e:\n"
             "        out[how] = e.errno\n"
             "print(json.dumps(out))\n")
-    out = run_in(world, "pod", code, "2001:db8::53")
-    assert out == {"sendto": 101, "connect": 101}  # ENETUNREACH: left alone, no IPv6 route here
+    out = run_in(world, "pod", code, fam.af, fam.nameserver)
+    assert out == {"sendto": 101, "connect": 101}  # ENETUNREACH: left alone, and this namespace has no route

@@ -36,8 +36,14 @@ def foreign(kernel_before):
         leaks.assert_clean(kernel_before, leaks.snapshot())
 
 
-def test_attached_namespace_and_cgroup_join_the_mesh(foreign):
+@pytest.mark.parametrize("ipv6", [True, False], ids=["ipv6", "no-ipv6"])
+def test_attached_namespace_and_cgroup_join_the_mesh(foreign, ipv6):
+    """Also a namespace whose runtime turned IPv6 off: the forwarder makes no [::1] sockets
+    there (it cannot), and IPv4 works as anywhere else."""
     lab, ns, cg = foreign
+    if not ipv6:
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.lo.disable_ipv6=1"], check=True)
     lab.node("n1")
     pod = lab.pod("ext", "n1", ns=ns, cgroup=cg)
     assert pod["netns"] == ns and pod["cgroup"] == cg and not pod["netns_owned"]
@@ -53,6 +59,8 @@ def test_attached_namespace_and_cgroup_join_the_mesh(foreign):
     assert out["peername"] == [svc["vip"], 7000] and out["greeting"] == ["web", "127.0.0.6"] and out["same"]
     with open(os.path.join(cg, "cgroup.procs")) as f:
         assert f.read().strip() == ""  # pod exec's process ran in the cgroup and is gone
+    st = lab.ctl("n1").status()
+    assert "ext" in st["pods"] and st["errors"] == {}
     lab.ctl().pod_rm("ext")
     assert "ext" not in lab.doc["pods"]
 
