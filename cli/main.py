@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--out", default="bench-results", help="datapath: directory for bench.json and bench.svg")
     bench = bp.add_subparsers(dest="sub")
     bd = bench.add_parser("datapath", help="iperf3, sockperf and wrk: direct, mesh, socket lb and HAProxy, "
-                                           "same node and two nodes")
+                                           "same node and two nodes; keep-alive HTTP also through ports "
+                                           "declared http and undeclared against HAProxy mode http")
     # SUPPRESS: `bench --quick datapath` and `bench datapath --quick` mean the same
     bd.add_argument("--quick", action="store_true", default=argparse.SUPPRESS, help="fewer and shorter runs")
     bd.add_argument("--out", default=argparse.SUPPRESS, help="directory for bench.json and bench.svg")
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--period", type=float, default=5.0, help="seconds between messages per connection")
     bc.add_argument("--quick", action="store_true", help="fewer and smaller rate runs")
     bc.add_argument("--out", default="bench-results", help="directory for connections.json")
-    bh = bench.add_parser("http", help="HTTP latency the mesh adds at a fixed rate (open loop), and forwarder CPU")
+    bh = bench.add_parser("http", help="HTTP latency the mesh and HAProxy mode http add at a fixed rate "
+                                       "(open loop), and their CPU per 1,000 requests")
     bh.add_argument("--rate", type=float, default=1000.0, help="requests per second")
     bh.add_argument("--connections", type=int, default=16, help="keep-alive connections")
     bh.add_argument("--seconds", type=float, default=20.0, help="length of one run")

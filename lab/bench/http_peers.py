@@ -62,14 +62,18 @@ _UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
 
 
 def parse_wrk(out: str) -> dict:
-    """{'rps': requests/s, 'p50_us', 'p99_us', 'errors': socket errors + non-2xx}."""
+    """{'rps': requests/s, 'p50_us', 'p99_us', 'errors': connect, read and write errors +
+    non-2xx answers, 'timeouts': requests wrk gave up on after its 2 s timeout}. Timeouts are
+    apart: a slow path is a figure, a broken one is not."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not rps:
         raise ValueError(f"no Requests/sec in wrk output: {out[-300:]!r}")
     lat = {p: re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M) for p in ("50", "99")}
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write) (\d+)", out))
+    timeouts = sum(int(n) for n in re.findall(r"timeout (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    res = {"rps": float(rps.group(1)), "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+    res = {"rps": float(rps.group(1)), "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
+           "timeouts": timeouts}
     for p, m in lat.items():
         res[f"p{p}_us"] = float(m.group(1)) * _UNITS[m.group(2)] if m else None
     return res

@@ -21,14 +21,14 @@ Transfer/sec:     16.05MB
 """
 
 
-def test_parse_wrk_reads_rate_percentiles_in_us_and_errors():
+def test_parse_wrk_reads_rate_percentiles_in_us_errors_and_timeouts_apart():
     r = bench_http.parse_wrk(WRK)
-    assert r == {"rps": 111279.19, "p50_us": 134.0, "p99_us": 1210.0, "errors": 9}
+    assert r == {"rps": 111279.19, "p50_us": 134.0, "p99_us": 1210.0, "errors": 7, "timeouts": 2}
 
 
 def test_parse_wrk_without_errors_or_distribution():
     r = bench_http.parse_wrk("Requests/sec:   5760.82\n")
-    assert r == {"rps": 5760.82, "p50_us": None, "p99_us": None, "errors": 0}
+    assert r == {"rps": 5760.82, "p50_us": None, "p99_us": None, "errors": 0, "timeouts": 0}
 
 
 def test_parse_wrk_refuses_a_failed_run():

@@ -77,14 +77,41 @@ def test_a_stall_delays_every_request_scheduled_during_it(loadgen):
     assert out["p50_us"] * 10 < out["max_us"], out
 
 
+def row(topo, path, p50, p90, p99, cpu=None):
+    r = {"topology": topo, "path": path, "rate": 1000.0, "errors": 0,
+         "p50_us": p50, "p90_us": p90, "p99_us": p99, "p999_us": 2000.0}
+    if cpu is not None:
+        r["cpu_ms_per_1k"] = cpu
+    return r
+
+
 def test_table_shows_added_latency_and_cpu():
-    direct = {"topology": "same node", "path": "direct", "rate": 1000.0, "errors": 0,
-              "p50_us": 50.0, "p90_us": 70.0, "p99_us": 900.0, "p999_us": 2000.0}
-    mesh = dict(direct, path="mesh", p50_us=250.0, p90_us=500.0, p99_us=4000.0, cpu_ms_per_1k=230.0,
-                added_us={"p50_us": 200.0, "p90_us": 430.0, "p99_us": 3100.0, "p999_us": 0.0})
-    lines = b.table([direct, mesh]).splitlines()
+    rows = b.added([row("same node", "direct", 50.0, 70.0, 900.0),
+                    row("same node", "mesh http", 250.0, 500.0, 4000.0, cpu=230.0)])
+    lines = b.table(rows).splitlines()
     assert lines[0].split()[:4] == ["topology", "path", "rate/s", "p50"]
     assert lines[2].split()[-5:] == ["200", "430", "3100", "230.0", "0"]
+    assert len(lines) == 3  # no HAProxy row: no line against it
+
+
+def test_haproxy_rows_get_added_latency_against_direct_of_their_topology_and_a_line_against_the_mesh():
+    rows = b.added([row("same node", "direct", 50.0, 70.0, 900.0),
+                    row("same node", "mesh http", 250.0, 500.0, 4000.0, cpu=230.0),
+                    row("same node", "haproxy http", 80.0, 100.0, 1000.0, cpu=25.0),
+                    row("two nodes", "direct", 60.0, 90.0, 1500.0),
+                    row("two nodes", "mesh http", 350.0, 900.0, 6000.0, cpu=330.0),
+                    row("two nodes", "haproxy pair http", 120.0, 200.0, 1700.0, cpu=50.0)])
+    by = {(r["topology"], r["path"]): r for r in rows}
+    assert "added_us" not in by[("same node", "direct")]
+    assert by[("same node", "haproxy http")]["added_us"]["p99_us"] == 100.0
+    assert by[("two nodes", "haproxy pair http")]["added_us"]["p50_us"] == 60.0  # against its own direct
+    lines = b.table(rows).splitlines()
+    assert lines[3].split()[:2] == ["same", "node"] and lines[3].split()[-5:] == ["30", "30", "100", "25.0", "0"]
+    assert lines[-2:] == [
+        "same node: mesh http against haproxy http: added p99 3100 against 100 us, "
+        "CPU 230.0 against 25.0 ms per 1,000 requests",
+        "two nodes: mesh http against haproxy pair http: added p99 4500 against 200 us, "
+        "CPU 330.0 against 50.0 ms per 1,000 requests"]
 
 
 def test_nginx_answers_a_1kb_body(tmp_path):
