@@ -292,6 +292,18 @@ def test_catalog_finds_service_port_by_vip(doc):
     assert found("198.19.0.10", 8080) is None  # a target port is not a service port
     assert found("198.19.0.11", 80) is None
     assert found("198.19.0.99", 80) is None
+    assert found("2001:2:0:ffff::c613:a", 443) == ("default/web", 443, 443)  # the IPv6 VIP too
+
+
+def test_catalog_dns_names_hold_the_vips_a_service_has(doc):
+    from dataplane.dns.names import classify
+    svcs.add_service(doc, "dual", ["80"])
+    svcs.add_service(doc, "four", ["80"], ip_families=["IPv4"])
+    svcs.add_service(doc, "six", ["80"], ip_families=["IPv6"])
+    names = Catalog(registry.snapshot(doc)).dns_names
+    assert classify("dual", "default", None, names) == ("found", ["198.19.0.10", "2001:2:0:ffff::c613:a"])
+    assert classify("four.default", "x", None, names) == ("found", ["198.19.0.11"])
+    assert classify("six.default.svc.glasswing", "x", None, names) == ("found", ["2001:2:0:ffff::a"])
 
 
 def test_vip_int():
