@@ -1,8 +1,8 @@
 """Inbound: a tunnel stream on 15008 from a peer forwarder, into an app of a pod on this node.
 
 One stream, in order: read the StreamOpen preamble (within settings.PREAMBLE_TIMEOUT), check
-that its service port exists and that its target is an endpoint of it on this node, connect
-to the app from inside the pod (the dialer's connect_local, within the service's connect
+that its service port exists and that its target (either address of the endpoint, IPv4 or IPv6)
+is an endpoint of it on this node, connect to the target address from inside the pod (the dialer's connect_local, within the service's connect
 timeout), answer StreamAccept and hand both sockets to the relay sink with any app bytes
 that came with the preamble. Anything else is answered StreamReject with a reason of
 tunnel.codec.REASONS and counted as "rejected":
@@ -51,7 +51,7 @@ class Inbound:
         if sp is None:
             return await self._reject(sock, "no_such_service", f"no service {ev.service} port {ev.port}", ev.trace_id)
         local = [e for e in sp.endpoints
-                 if e.node == self.node and e.ip == ev.target.ip and e.port == ev.target.port]
+                 if e.node == self.node and ev.target.ip in (e.ip, e.ip6) and e.port == ev.target.port]
         if not local:
             return await self._reject(sock, "no_endpoint",
                                       f"{ev.target.ip}:{ev.target.port} is no endpoint of {ev.service} here",

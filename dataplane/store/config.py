@@ -67,7 +67,8 @@ def _published(doc) -> dict:
         ns, svc = e["service"].split("/", 1)
         out[f"{ns}/{svc}:{e['service_port']}/{e['pod']}:{e['port']}"] = snap.Endpoint(
             metadata=snap.Metadata(name=f"{e['pod']}-{e['port']}"[:40].rstrip("-"), namespace=ns),
-            spec=snap.EndpointSpec(service=svc, address=e["ip"], port=e["port"], health=e["health"],
+            spec=snap.EndpointSpec(service=svc, address=e["ip"], address6=e.get("ip6") or "", port=e["port"],
+                                   health=e["health"],
                                    node=e["node"], pod=e["pod"], weight=e.get("weight", 1),
                                    zone=e.get("zone", "")))
     return out
