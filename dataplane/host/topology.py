@@ -1,8 +1,8 @@
 """Nodes and pods on this machine: namespaces, veths, addresses and routes.
 
     underlay ns (simulated nodes only)      one bridge, br0
-        |  198.18.0.0/24                    node i has 198.18.0.i and fe80::i on ul0, and routes
-        |                                   to each other node's pods (IPv4 /24, IPv6 /120) via it
+        |  198.18.0.0/24, 2001:2::c612:0/120   node i has 198.18.0.i and 2001:2::c612:i on ul0, and
+        |                                   routes to each other node's pods (IPv4 /24, IPv6 /120)
     node ns (the host itself for "local")   blackhole 198.19.0.0/16 and 2001:2:0:ffff::/64 (services)
         |  gw<hash>  198.18.i.1/32          routes 198.18.i.N/32 and its IPv6 /128 to each pod
         |            fe80::1/64             (simulated nodes forward IPv4 and IPv6 between pods)
@@ -50,8 +50,9 @@ def pod_cidr6(node: dict) -> str:
 
 
 def _underlay6(node: dict) -> str:
-    """A simulated node's IPv6 address on the underlay: link-local, fe80::INDEX."""
-    return f"fe80::{node['index']:x}"
+    """A simulated node's IPv6 address on the underlay, the one its IPv4 address maps to (as
+    pods' do): its forwarder dials IPv6 endpoints outside pods from it."""
+    return pod_ip6(node["ip"])
 
 
 def pod_ip6(ip: str) -> str:
@@ -174,15 +175,15 @@ def add_node(doc: dict, name: str) -> dict:
             if six:
                 _enable_ipv6(ns, "lo", "ul0")
                 netns.sysctl("net.ipv6.conf.all.forwarding", "1", netns=ns)
-                node.add_address("ul0", f"{_underlay6(rec)}/64")
+                node.add_address("ul0", f"{_underlay6(rec)}/{128 - (32 - UNDERLAY.prefixlen)}")
             for peer in peers:
                 node.add_route(peer["pod_cidr"], via=peer["ip"])
                 with netlink.opened(peer["netns"]) as other:
                     other.add_route(rec["pod_cidr"], via=rec["ip"])
                     undo.push(netlink.delete_route, peer["netns"], rec["pod_cidr"])
                     if six:
-                        node.add_route(pod_cidr6(peer), via=_underlay6(peer), dev="ul0")
-                        other.add_route(pod_cidr6(rec), via=_underlay6(rec), dev="ul0")
+                        node.add_route(pod_cidr6(peer), via=_underlay6(peer))
+                        other.add_route(pod_cidr6(rec), via=_underlay6(rec))
                         undo.push(netlink.delete_route, peer["netns"], pod_cidr6(rec))
     doc["nodes"][name] = rec
     return rec
