@@ -5,9 +5,14 @@ a service's IPv6 VIP (over the IPv4 resolver path), and a dual-stack service who
 endpoint is a static IPv6 address (an app listening on its IPv6 address alone) is reached
 through its IPv4 VIP, on one node and across two: the forwarder dials IPv6.
 
+The forwarder's paths need the maps to hold IPv6 VIPs (map_sync of branch v6-kernel), and an
+app dialling an IPv6 VIP needs native connect6 (v6-kernel too): with both, a pod endpoint
+picked for an IPv6 VIP is dialled at its IPv6 address, across nodes as the tunnel's target.
+
     n1: client, web1 (echo6 on its IPv6 address, 7600)     n2: web2 (the same)
     services (applied): six-near 7600 -> web1's IPv6 address, six-far 7600 -> web2's,
                         only6 (IPv6 only) 7600 -> web1's IPv6 address
+    services (service add): pod-near 7600 -> web1, pod-far 7600 -> web2
 """
 import ipaddress
 import json
@@ -48,6 +53,8 @@ def lab(kernel_before):
         lab.pod("client", "n1")
         lab.pod("web1", "n1")
         lab.pod("web2", "n2")
+        lab.service("pod-near", ports=[str(PORT)], endpoints=["web1"])
+        lab.service("pod-far", ports=[str(PORT)], endpoints=["web2"])
         lab.up("n1")
         lab.up("n2")
         doc = lab.doc
@@ -165,4 +172,16 @@ def test_ipv4_vip_reaches_a_static_ipv6_endpoint(lab, svc, server, node):
     assert r["peername"][:2] == [lab.svc[svc]["vip"], PORT]
     node_ip6 = str(POD_RANGE6.network_address + int(ipaddress.IPv4Address(lab.doc["nodes"][node]["ip"])))
     assert r["greeting"] == [server, node_ip6]
+    assert r["received"] == r["sent"] == 1_000_003 and r["same"]
+
+
+@pytest.mark.parametrize("svc, server", [("pod-near", "web1"), ("pod-far", "web2")])
+def test_ipv6_vip_reaches_the_pod_at_its_ipv6_address(lab, svc, server):
+    """An app dials the IPv6 VIP: the pod endpoint is dialled at its IPv6 address, from ::6
+    inside its pod; on another node the tunnel carries that IPv6 target."""
+    vip6 = lab.svc[svc]["vip6"]
+    r = client(lab, vip6, PORT, size=1_000_003)
+    assert r.get("error") is None, r
+    assert r["peername"][:2] == [vip6, PORT]
+    assert r["greeting"] == [server, "::6"]
     assert r["received"] == r["sent"] == 1_000_003 and r["same"]
