@@ -7,6 +7,9 @@
 Which of an endpoint's addresses is dialled (address_for): the family the app dialled (the
 IPv6 VIP picks the endpoint's IPv6 address when it has one, the IPv4 VIP its IPv4 one), else
 the endpoint's other address; the same for the tunnel's target, which the far forwarder dials.
+A pod's app that refuses on the picked address (one listening on 0.0.0.0 only, reached for
+an IPv6 VIP) is tried once more on the pod's other address (connect_pod): apps keep working
+unchanged when the VIP's family is not the one they listen on.
 
 Outbound and inbound get a dialer injected, so that their logic runs in tests over any
 object with the same two coroutines (open and connect_local) on loopback sockets. Every
@@ -25,6 +28,26 @@ def address_for(ep, dialled: str) -> str:
     return ep.ip or ep.ip6
 
 
+def other_address(ep, ip: str) -> str:
+    """Endpoint ep's address of the other family than ip; "" when it has none."""
+    return ep.ip if ip == ep.ip6 else ep.ip6
+
+
+async def connect_pod(connect_local, ep, ip: str, timeout: float = None):
+    """connect_local(ep.pod, ip, ep.port, timeout), and when the app refuses there, once more at
+    ep's other address if it has one (the first refusal is raised when that fails too)."""
+    try:
+        return await connect_local(ep.pod, ip, ep.port, timeout)
+    except ConnectionRefusedError as refused:
+        other = other_address(ep, ip)
+        if not other:
+            raise
+        try:
+            return await connect_local(ep.pod, other, ep.port, timeout)
+        except OSError:
+            raise refused from None
+
+
 class MeshDialer:
     def __init__(self, node: str, cluster: str, home_fd: int, pods, peer_ip):
         """pods: a mapping of the pods attached here, name -> an object with ns_fd (kept
@@ -41,7 +64,7 @@ class MeshDialer:
         if ep.node is None:  # an address outside the mesh's pods: straight from the node
             return await dial((ip, ep.port), timeout=timeout), b""
         if ep.node == self.node:
-            return await self.connect_local(ep.pod, ip, ep.port, timeout), b""
+            return await connect_pod(self.connect_local, ep, ip, timeout), b""
         peer_ip = self._peer_ip(ep.node)
         msg = tc.Open(version=tc.VERSION, source_pod=pod,
                       source_identity=f"glasswing://{self.cluster}/pod/{pod}",

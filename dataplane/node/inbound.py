@@ -9,11 +9,13 @@ tunnel.codec.REASONS and counted as "rejected":
   malformed, version   the preamble is not one (or not complete in time)
   no_such_service      no such service port in the current catalog
   no_endpoint          the target is no endpoint of that service on this node
-  refused_by_app       the connect into the pod failed
+  refused_by_app       the connect into the pod failed (at the target, and when the app refused
+                       there at the endpoint's other address too: dialer.connect_pod)
 """
 import asyncio
 import logging
 
+from dataplane.node.dialer import connect_pod
 from dataplane.settings import PREAMBLE_TIMEOUT
 from dataplane.tunnel import codec as tc
 from dataplane.tunnel.streams import read_preamble
@@ -57,8 +59,8 @@ class Inbound:
                                       f"{ev.target.ip}:{ev.target.port} is no endpoint of {ev.service} here",
                                       ev.trace_id)
         try:
-            upstream = await self._connect_local(local[0].pod, ev.target.ip, ev.target.port,
-                                                 self._policies.settings(ev.service).connect_timeout)
+            upstream = await connect_pod(self._connect_local, local[0], ev.target.ip,
+                                         self._policies.settings(ev.service).connect_timeout)
         except (OSError, asyncio.TimeoutError) as e:
             return await self._reject(sock, "refused_by_app", str(e), ev.trace_id)
         try:

@@ -121,6 +121,17 @@ def test_an_ipv6_target_is_dialled_over_ipv6():
     run(main())
 
 
+def test_an_app_refusing_the_ipv6_target_is_reached_at_the_pods_ipv4_address():
+    async def main():
+        server, port = await echo_server("127.0.0.1")  # an app that listens on IPv4 only
+        with Node(mesh_doc([("app", "n1", port)], ip6="::1")) as node:
+            event, got = await peer(node.addr, stream_open(port, target="::1") + b"four", b" after all")
+            assert isinstance(event, tc.Accept) and got == b"four after all"
+            assert node.dialled == ["::1", "127.0.0.1"]
+        server.close()
+    run(main())
+
+
 def test_an_ipv6_target_that_is_no_endpoint_here_is_rejected():
     doc = mesh_doc([("app", "n1", 9)], ip6="2001:2::c612:102")
     assert rejection(doc, stream_open(9, target="2001:2::c612:103")).reason == "no_endpoint"
