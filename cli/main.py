@@ -294,8 +294,8 @@ def _pod(ctl, args, sub):
         rec = ctl.pod_add(args.name, address=args.ip, ns=args.netns, cgroup=args.cgroup,
                           labels=names.labels(args.label), fail_mode=args.fail,
                           namespace=args.namespace)
-        emit(rec, args.json, lambda r: print(f"pod {args.name}: {r['ip']} on node {r['node']} "
-                                             f"(netns {r['netns']})"))
+        emit(rec, args.json, lambda r: print(f"pod {args.name}: {' '.join(filter(None, (r['ip'], r.get('ip6'))))} "
+                                             f"on node {r['node']} (netns {r['netns']})"))
     elif sub == "rm":
         ctl.pod_rm(args.name)
     elif sub == "exec":
@@ -303,9 +303,9 @@ def _pod(ctl, args, sub):
         ctl.pod_exec(args.name, argv)
     else:
         doc = ctl.store.read()
-        rows = [[n, p["node"], p["ip"], p["netns"], ",".join(f"{k}={v}" for k, v in p["labels"].items()) or "-",
+        rows = [[n, p["node"], p["ip"], p.get("ip6") or "-", p["netns"], ",".join(f"{k}={v}" for k, v in p["labels"].items()) or "-",
                  p["fail_mode"]] for n, p in sorted(doc["pods"].items())]
-        emit(doc["pods"], args.json, lambda _: table(rows, ["POD", "NODE", "ADDRESS", "NETNS", "LABELS", "FAIL"]))
+        emit(doc["pods"], args.json, lambda _: table(rows, ["POD", "NODE", "ADDRESS", "ADDRESS6", "NETNS", "LABELS", "FAIL"]))
 
 
 def _ports(ports, arrow, sep) -> str:
