@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--selector", action="append", default=[], metavar="K=V")
     s.add_argument("--vip", help="service address (default: next free)")
     s.add_argument("--vip6", help="IPv6 service address (default: the one ending in the IPv4 VIP)")
-    s.add_argument("--ip-family", choices=sorted(_IP_FAMILIES), default="dual",
+    s.add_argument("--ip-family", choices=("dual", "ipv4", "ipv6"), default="dual",
                    help="which VIPs the service has (default: dual, both)")
     s.add_argument("--socket-lb", action="store_true",
                    help="pick endpoints in connect4 (label glasswing.dev/lb=socket): no forwarder on the "
@@ -113,9 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_parser("list", help="list services")
     _json_everywhere(p)
     return p
-
-
-_IP_FAMILIES = {"ipv4": ["IPv4"], "ipv6": ["IPv6"], "dual": ["IPv4", "IPv6"]}
 
 
 def _json_everywhere(parser):
@@ -319,7 +316,7 @@ def _service(ctl, args, sub):
     if sub == "add":
         rec = ctl.service_add(args.name, ports=args.port, endpoints=args.endpoint,
                               selector=names.labels(args.selector) or None, vip=args.vip,
-                              socket_lb=args.socket_lb, vip6=args.vip6, ip_families=_IP_FAMILIES[args.ip_family])
+                              socket_lb=args.socket_lb, vip6=args.vip6, ip_family=args.ip_family)
         ports = _ports(rec["ports"], "->", ", ")
         emit(rec, args.json, lambda r: print(f"service {args.name}: {_vips(r, ', ')} ports {ports}"))
     elif sub == "rm":

@@ -22,6 +22,7 @@ def key_of(name: str) -> str:
 
 
 PROTOCOLS = ("tcp", "http")
+IP_FAMILY = {"dual": vips.DUAL, "ipv4": (vips.IPV4,), "ipv6": (vips.IPV6,)}  # --ip-family -> ip_families
 
 
 def port_spec(spec: str):
@@ -36,9 +37,11 @@ def port_spec(spec: str):
 
 
 def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selector: dict = None,
-                vip: str = None, socket_lb: bool = False, vip6: str = None, ip_families=None) -> dict:
-    """The record of a new service, added to doc["services"]. vip and vip6 are allocated when
-    not given (vips.assign); ip_families is ["IPv4"], ["IPv6"] or both (None: both)."""
+                vip: str = None, socket_lb: bool = False, vip6: str = None, ip_family: str = "dual") -> dict:
+    """The record of a new service, added to doc["services"]. ip_family is "dual" (both VIPs),
+    "ipv4" or "ipv6" (`--ip-family`); vip and vip6 are allocated when not given (vips.assign)."""
+    if ip_family not in IP_FAMILY:
+        raise GlasswingError(f"invalid IP family {ip_family!r}: use {', '.join(IP_FAMILY)}")
     ns, short = split_name(name)
     key = f"{ns}/{short}"
     if key in doc["services"]:
@@ -65,7 +68,7 @@ def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selecto
             raise GlasswingError(f"endpoint {spec!r} given twice")
         eps.append(ep)
     rec = {"namespace": ns, "name": short, "labels": {"glasswing.dev/lb": "socket"} if socket_lb else {},
-           "vip": vip or "", "vip6": vip6 or "", "ip_families": list(ip_families or ()), "ports": mapped,
+           "vip": vip or "", "vip6": vip6 or "", "ip_families": list(IP_FAMILY[ip_family]), "ports": mapped,
            "endpoints": eps, "selector": selector or None, "health_check": None}
     vips.assign(rec, *vips.taken(doc["services"]))
     doc["services"][key] = rec

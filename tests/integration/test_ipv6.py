@@ -9,7 +9,7 @@ The forwarder's paths need the maps to hold IPv6 VIPs (map_sync of branch v6-ker
 app dialling an IPv6 VIP needs native connect6 (v6-kernel too): with both, a pod endpoint
 picked for an IPv6 VIP is dialled at its IPv6 address, across nodes as the tunnel's target.
 
-    n1: client, web1 (echo6 on its IPv6 address, 7600)     n2: web2 (the same)
+    n1: client, web1 (peers.py echo on its IPv6 address only, 7600)     n2: web2 (the same)
     services (applied): six-near 7600 -> web1's IPv6 address, six-far 7600 -> web2's,
                         only6 (IPv6 only) 7600 -> web1's IPv6 address
     services (service add): pod-near 7600 -> web1, pod-far 7600 -> web2
@@ -60,7 +60,7 @@ def lab(kernel_before):
         doc = lab.doc
         lab.ip6 = {n: p["ip6"] for n, p in doc["pods"].items()}
         for pod in ("web1", "web2"):
-            lab.spawn(pod, [sys.executable, PEERS, "echo6", pod, lab.ip6[pod], str(PORT)])
+            lab.spawn(pod, [sys.executable, PEERS, "echo", pod, str(PORT), lab.ip6[pod]])  # IPv6 only
             _listening6(lab, pod, lab.ip6[pod])
         docs = [_service("six-near", lab.ip6["web1"]), _service("six-far", lab.ip6["web2"]),
                 _service("only6", lab.ip6["web1"], ["IPv6"])]

@@ -5,7 +5,7 @@ echoes. `python3 peers.py client IP PORT SIZE` connects, reports
 getpeername and the greeting, sends SIZE random bytes, half-closes, and
 checks the echo byte for byte. Output is one JSON line.
 `echo NAME [PORT]` is the greeting echo server alone, leaving cleanly on
-SIGTERM; `echo6 NAME IP6 PORT` the same on one IPv6 address only (IPV6_V6ONLY); `burst`, `stream` and `hold` are clients for the traffic policy
+SIGTERM; `burst`, `stream` and `hold` are clients for the traffic policy
 tests (see each one). `httpd NAME PORT` is the HTTP/1.1 test server of the
 HTTP tests and `gets`, `concurrent`, `ws`, `longpoll`, `raw` their clients."""
 import hashlib
@@ -137,20 +137,6 @@ def echo(name, port="7000", bind="0.0.0.0"):
     deadline = time.monotonic() + 5
     while busy[0] and time.monotonic() < deadline:
         time.sleep(0.01)  # a poll: the handlers still at work, with the deadline above
-
-
-def echo6(name, ip6, port):
-    """The greeting echo server on [ip6]:port alone, an AF_INET6 socket that takes no IPv4
-    (IPV6_V6ONLY): reached only over IPv6."""
-    ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((ip6, int(port)))
-    ls.listen(128)
-    while True:
-        c, peer = ls.accept()
-        threading.Thread(target=lambda c=c, peer=peer: (greet_and_echo(c, name, peer), c.close()),
-                         daemon=True).start()
 
 
 def _greeting(s, timeout=5.0):
@@ -543,6 +529,6 @@ def raw(ip, port, hex_payload, wait="3", then_get="0"):
 
 
 if __name__ == "__main__":
-    {"serve": serve, "client": client, "echo": echo, "echo6": echo6, "burst": burst, "stream": stream,
+    {"serve": serve, "client": client, "echo": echo, "burst": burst, "stream": stream,
      "hold": hold, "httpd": httpd, "gets": gets, "concurrent": concurrent, "ws": ws,
      "longpoll": longpoll, "raw": raw}[sys.argv[1]](*sys.argv[2:])

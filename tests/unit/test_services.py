@@ -137,24 +137,24 @@ def test_vip6_given_is_checked_and_canonical(doc):
 
 
 def test_paired_vip6_taken_falls_back_to_next_free(doc):
-    svcs.add_service(doc, "a", ["80"], vip6="2001:2:0:ffff::c613:a", ip_families=["IPv6"])  # 198.19.0.10's pair
+    svcs.add_service(doc, "a", ["80"], vip6="2001:2:0:ffff::c613:a", ip_family="ipv6")  # 198.19.0.10's pair
     b = svcs.add_service(doc, "b", ["80"], vip="198.19.0.10")
     assert b["vip6"] == "2001:2:0:ffff::a"
 
 
 def test_ip_families(doc):
-    four = svcs.add_service(doc, "four", ["80"], ip_families=["IPv4"])
+    four = svcs.add_service(doc, "four", ["80"], ip_family="ipv4")
     assert (four["vip"], four["vip6"], four["ip_families"]) == ("198.19.0.10", "", ["IPv4"])
-    six = svcs.add_service(doc, "six", ["80"], ip_families=["IPv6"])
+    six = svcs.add_service(doc, "six", ["80"], ip_family="ipv6")
     assert (six["vip"], six["vip6"], six["ip_families"]) == ("", "2001:2:0:ffff::a", ["IPv6"])
-    six2 = svcs.add_service(doc, "six2", ["80"], ip_families=["IPv6"])
+    six2 = svcs.add_service(doc, "six2", ["80"], ip_family="ipv6")
     assert six2["vip6"] == "2001:2:0:ffff::b"
-    assert svcs.add_service(doc, "dual", ["80"], ip_families=["IPv6", "IPv4"])["ip_families"] == ["IPv4", "IPv6"]
+    assert svcs.add_service(doc, "dual", ["80"], ip_family="dual")["ip_families"] == ["IPv4", "IPv6"]
     _fails(doc, "service address 198.19.0.50 given, but the service has no IPv4 (IP families IPv6)",
-           "x", ["80"], vip="198.19.0.50", ip_families=["IPv6"])
+           "x", ["80"], vip="198.19.0.50", ip_family="ipv6")
     _fails(doc, "IPv6 service address 2001:2:0:ffff::50 given, but the service has no IPv6 (IP families IPv4)",
-           "x", ["80"], vip6="2001:2:0:ffff::50", ip_families=["IPv4"])
-    _fails(doc, "invalid IP family 'ipv6': use IPv4 or IPv6", "x", ["80"], ip_families=["ipv6"])
+           "x", ["80"], vip6="2001:2:0:ffff::50", ip_family="ipv4")
+    _fails(doc, "invalid IP family 'IPv6': use dual, ipv4, ipv6", "x", ["80"], ip_family="IPv6")
 
 
 def test_duplicate_name(doc):
@@ -298,8 +298,8 @@ def test_catalog_finds_service_port_by_vip(doc):
 def test_catalog_dns_names_hold_the_vips_a_service_has(doc):
     from dataplane.dns.names import classify
     svcs.add_service(doc, "dual", ["80"])
-    svcs.add_service(doc, "four", ["80"], ip_families=["IPv4"])
-    svcs.add_service(doc, "six", ["80"], ip_families=["IPv6"])
+    svcs.add_service(doc, "four", ["80"], ip_family="ipv4")
+    svcs.add_service(doc, "six", ["80"], ip_family="ipv6")
     names = Catalog(registry.snapshot(doc)).dns_names
     assert classify("dual", "default", None, names) == ("found", ["198.19.0.10", "2001:2:0:ffff::c613:a"])
     assert classify("four.default", "x", None, names) == ("found", ["198.19.0.11"])
