@@ -138,7 +138,7 @@ def test_malformed_dns_from_a_pod_never_hurts_the_resolver(reg):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["formerr"] >= 1 and out["silent"] >= 1, out
-    assert resolve(reg, "web") == (0, [reg.vips["web"]])
+    assert resolve(reg, "web", "ahostsv4") == (0, [reg.vips["web"]])
     st = reg.ctl("n1").status()
     assert st["dns"]["formerr"] >= 1 and st["running"]
 
@@ -166,7 +166,7 @@ def test_names_outside_the_mesh_go_to_the_configured_upstream(reg):
     try:
         wait_until(lambda: resolve(reg, "example.org") == (0, ["198.18.77.77"]), 5,
                    "example.org answered by the configured upstream", 0.1)
-        assert resolve(reg, "web") == (0, [reg.vips["web"]])  # mesh names still answered by the mesh
+        assert resolve(reg, "web", "ahostsv4") == (0, [reg.vips["web"]])  # mesh names still answered by the mesh
         assert reg.ctl("n1").status()["dns"]["forwarded"] >= 1
     finally:
         subprocess.run([GLASSWING, "delete", "meshsettings", "mesh"], env=reg.env, capture_output=True)
