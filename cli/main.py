@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
 
     svc = sub.add_parser("service", help="services").add_subparsers(dest="sub", required=True)
-    s = svc.add_parser("add", help="a service with a VIP from 198.19.0.0/16")
+    s = svc.add_parser("add", help="a service with a VIP from 198.19.0.0/16 and one from 2001:2:0:ffff::/64")
     s.add_argument("name")
     s.add_argument("--port", action="append", default=[], metavar="PORT[:TARGET][/PROTO]", required=True,
                    help="PROTO is http (HTTP/1.1 proxy) or tcp (opaque L4); without it each "
@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", action="append", default=[], metavar="POD[:PORT]")
     s.add_argument("--selector", action="append", default=[], metavar="K=V")
     s.add_argument("--vip", help="service address (default: next free)")
+    s.add_argument("--vip6", help="IPv6 service address (default: the one ending in the IPv4 VIP)")
+    s.add_argument("--ip-family", choices=("dual", "ipv4", "ipv6"), default="dual",
+                   help="which VIPs the service has (default: dual, both)")
     s.add_argument("--socket-lb", action="store_true",
                    help="pick endpoints in connect4 (label glasswing.dev/lb=socket): no forwarder on the "
                         "path, and the server sees the client's own address")
@@ -263,9 +266,11 @@ def _summary(d) -> str:
     spec = d.get("spec", {})
     if d["kind"] == "Service":
         ports = ",".join(f"{p['port']}:{p.get('targetPort', p['port'])}" for p in spec.get("ports", []))
-        return f"{spec.get('vip', '-')} {ports}"
+        vips = " ".join(v for v in (spec.get("vip"), spec.get("vip6")) if v) or "-"
+        return f"{vips} {ports}"
     if d["kind"] == "Endpoint":
-        return f"{spec.get('service')} {spec.get('address')}:{spec.get('port')} {spec.get('health', '')}"
+        addrs = "/".join(a for a in (spec.get("address"), spec.get("address6")) if a)
+        return f"{spec.get('service')} {addrs}:{spec.get('port')} {spec.get('health', '')}"
     return ", ".join(f"{k}" for k in spec)
 
 
@@ -288,8 +293,8 @@ def _pod(ctl, args, sub):
         rec = ctl.pod_add(args.name, address=args.ip, ns=args.netns, cgroup=args.cgroup,
                           labels=names.labels(args.label), fail_mode=args.fail,
                           namespace=args.namespace)
-        emit(rec, args.json, lambda r: print(f"pod {args.name}: {r['ip']} on node {r['node']} "
-                                             f"(netns {r['netns']})"))
+        emit(rec, args.json, lambda r: print(f"pod {args.name}: {' '.join(filter(None, (r['ip'], r.get('ip6'))))} "
+                                             f"on node {r['node']} (netns {r['netns']})"))
     elif sub == "rm":
         ctl.pod_rm(args.name)
     elif sub == "exec":
@@ -297,9 +302,9 @@ def _pod(ctl, args, sub):
         ctl.pod_exec(args.name, argv)
     else:
         doc = ctl.store.read()
-        rows = [[n, p["node"], p["ip"], p["netns"], ",".join(f"{k}={v}" for k, v in p["labels"].items()) or "-",
+        rows = [[n, p["node"], p["ip"], p.get("ip6") or "-", p["netns"], ",".join(f"{k}={v}" for k, v in p["labels"].items()) or "-",
                  p["fail_mode"]] for n, p in sorted(doc["pods"].items())]
-        emit(doc["pods"], args.json, lambda _: table(rows, ["POD", "NODE", "ADDRESS", "NETNS", "LABELS", "FAIL"]))
+        emit(doc["pods"], args.json, lambda _: table(rows, ["POD", "NODE", "ADDRESS", "ADDRESS6", "NETNS", "LABELS", "FAIL"]))
 
 
 def _ports(ports, arrow, sep) -> str:
@@ -313,9 +318,9 @@ def _service(ctl, args, sub):
     if sub == "add":
         rec = ctl.service_add(args.name, ports=args.port, endpoints=args.endpoint,
                               selector=names.labels(args.selector) or None, vip=args.vip,
-                              socket_lb=args.socket_lb)
+                              socket_lb=args.socket_lb, vip6=args.vip6, ip_family=args.ip_family)
         ports = _ports(rec["ports"], "->", ", ")
-        emit(rec, args.json, lambda r: print(f"service {args.name}: {r['vip']} ports {ports}"))
+        emit(rec, args.json, lambda r: print(f"service {args.name}: {_vips(r, ', ')} ports {ports}"))
     elif sub == "rm":
         ctl.service_rm(args.name)
     else:
@@ -324,6 +329,11 @@ def _service(ctl, args, sub):
         rows = []
         for n, s in sorted(doc["services"].items()):
             eps = {f"{p}:{port}" for m in s["ports"] for p, _r, port in svcs.endpoints(doc, s, m)}
-            rows.append([n, s["vip"], _ports(s["ports"], ":", ","),
+            rows.append([n, s["vip"] or "-", s.get("vip6") or "-", _ports(s["ports"], ":", ","),
                          ",".join(sorted(eps)) or "-"])
-        emit(doc["services"], args.json, lambda _: table(rows, ["SERVICE", "VIP", "PORTS", "ENDPOINTS"]))
+        emit(doc["services"], args.json, lambda _: table(rows, ["SERVICE", "VIP", "VIP6", "PORTS", "ENDPOINTS"]))
+
+
+def _vips(rec, sep) -> str:
+    """A service record's VIPs, IPv4 first; a record made before IPv6 VIPs has no vip6."""
+    return sep.join(v for v in (rec.get("vip"), rec.get("vip6")) if v)

@@ -22,7 +22,7 @@ dot, the root as "". Bytes that are not printable ASCII, and "." or "\\" inside 
 escaped as in RFC 4343 ("\\DDD", "\\.", "\\\\"), so a label never splits into two.
 
 Responses. QR=1, the opcode and the RD and CD bits are copied, RA=1; AA=1 on mesh answers
-(answer_a, nodata, nxdomain; pass authoritative=False to clear it). The question is echoed
+(answer, nodata, nxdomain; pass authoritative=False to clear it). The question is echoed
 byte for byte; answer owners are the compression pointer 0xC00C. EDNS: when the query carried
 an OPT record, the response carries a minimal one (root owner, payload size EDNS_PAYLOAD,
 version 0, no options, DO clear); otherwise none. A query with EDNS version > 0 should get
@@ -290,14 +290,22 @@ def _soa(q: Query, zone: str, ttl: int) -> bytes:
     return owner + _RR.pack(TYPE_SOA, CLASS_IN, ttl, len(rdata)) + rdata
 
 
-def answer_a(q: Query, ips, ttl: int, *, authoritative: bool = True) -> bytes:
-    """NOERROR with one A record per address (owner: pointer to the question name).
+def answer(q: Query, ips, ttl: int, *, authoritative: bool = True) -> bytes:
+    """NOERROR with one record per address, A for an IPv4 one and AAAA for an IPv6 one (owner:
+    pointer to the question name). The caller picks the addresses that fit the question type.
 
     Records that would push the response past the client's UDP limit are left out and TC set.
     """
-    records = [b"\xc0\x0c" + _RR.pack(TYPE_A, CLASS_IN, ttl, 4) + ipaddress.IPv4Address(ip).packed for ip in ips]
+    records = []
+    for ip in ips:
+        addr = ipaddress.ip_address(ip)
+        rtype = TYPE_A if addr.version == 4 else TYPE_AAAA
+        records.append(b"\xc0\x0c" + _RR.pack(rtype, CLASS_IN, ttl, len(addr.packed)) + addr.packed)
     room = q.udp_size - HEADER.size - len(q.raw_question) - len(_opt(q))
-    fit = max(0, room // 16)
+    fit, used = 0, 0
+    while fit < len(records) and used + len(records[fit]) <= room:
+        used += len(records[fit])
+        fit += 1
     return _response(q, NOERROR, aa=authoritative, answers=records[:fit], tc=len(records) > fit)
 
 

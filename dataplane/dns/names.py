@@ -1,7 +1,7 @@
 """Which mesh service a DNS name means, for the forwarder's resolver lookup. Pure: no I/O.
 
 classify(name, pod_namespace, suffix, services) -> (kind, ips), kind being one of
-"found" (ips: the service's VIPs), "nxdomain", "nodata" or "outside" (ips empty), the kinds
+"found" (ips: the service's VIPs, IPv4 and IPv6), "nxdomain", "nodata" or "outside" (ips empty), the kinds
 dataplane.dns.resolver.Resolver expects from its lookup callback.
 
 Names, case-insensitive, one trailing dot tolerated; ZONE is the suffix (default
@@ -50,7 +50,7 @@ def classify(name: str, pod_namespace: str | None, suffix: str | None = DEFAULT_
     """(kind, ips) for name asked from a pod in pod_namespace; services maps (namespace, name) -> vip,
     or is a Names built from such a mapping.
 
-    A vip may also be a list of addresses. suffix None or "" means DEFAULT_SUFFIX.
+    A vip may also be a list of addresses (a service's IPv4 and IPv6 VIPs). suffix None or "" means DEFAULT_SUFFIX.
     """
     names = services if isinstance(services, Names) else Names(services)
     table, namespaces = names.table, names.namespaces

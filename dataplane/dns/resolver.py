@@ -6,7 +6,10 @@ known to come from that pod. One Resolver serves every pod of the node.
 
 The name rules live in the forwarder's lookup callback (see dataplane.dns.names.classify):
 lookup(pod, name) -> (kind, ips) with kind
-- "found":    the mesh answers A (and ANY, answered as A) with ips; other types get NODATA
+- "found":    ips are the service's VIPs, IPv4 and IPv6 (text); the mesh answers A with the IPv4
+              ones, AAAA with the IPv6 ones and ANY with all; a type without an address of
+              its family (AAAA for an IPv4-only service, A for an IPv6-only one) and other
+              types get NODATA
 - "nxdomain": a mesh name that does not exist
 - "nodata":   a mesh name that exists without addresses
 - "outside":  not a mesh name: the raw query goes to the upstream resolver, if any
@@ -23,8 +26,8 @@ response from the upstream with that id and the same question is relayed, with t
 client's id put back. At most max_inflight queries are forwarded at once; beyond that,
 SERVFAIL.
 
-counters (a dict, for status): queries (datagrams received), answered (A answers from the
-mesh), nodata, nxdomain, refused, formerr, forwarded (sent upstream), servfail, notimp,
+counters (a dict, for status): queries (datagrams received), answered (A, AAAA and ANY answers
+from the mesh), nodata, nxdomain, refused, formerr, forwarded (sent upstream), servfail, notimp,
 badvers, dropped (packets not answered: too short, responses, or a closed socket).
 """
 
@@ -41,7 +44,15 @@ log = logging.getLogger("glasswing.dns")
 COUNTERS = ("queries", "answered", "nodata", "nxdomain", "refused", "formerr", "forwarded", "servfail",
             "notimp", "badvers", "dropped")
 KINDS = ("found", "nxdomain", "nodata", "outside")
-MESH_TYPES = (codec.TYPE_A, codec.TYPE_ANY)
+MESH_TYPES = (codec.TYPE_A, codec.TYPE_AAAA, codec.TYPE_ANY)
+
+
+def _of_type(ips, qtype) -> list:
+    """The addresses that answer qtype: IPv4 for A, IPv6 for AAAA, all for ANY."""
+    if qtype == codec.TYPE_ANY:
+        return list(ips)
+    six = qtype == codec.TYPE_AAAA
+    return [ip for ip in ips if (":" in ip) == six]
 
 
 def _default_socket_factory(upstream):
@@ -102,7 +113,7 @@ class Resolver:
                  ttl=5, authority="svc.glasswing", negative_ttl=codec.NEGATIVE_TTL, max_inflight=256):
         """lookup(pod, name) -> (kind, ips); upstream (host, port) or None.
 
-        ttl: TTL of mesh A records. authority: the mesh zone; negative answers for names in
+        ttl: TTL of mesh A and AAAA records. authority: the mesh zone; negative answers for names in
         it carry its SOA (negative TTL negative_ttl), None for none.
         """
         self.lookup = lookup
@@ -174,9 +185,10 @@ class Resolver:
             c["servfail"] += 1
             return codec.servfail(q)
         zone = self._zone_of(q.name)
-        if kind == "found" and ips and q.qtype in MESH_TYPES:
+        ips = _of_type(ips, q.qtype) if kind == "found" and q.qtype in MESH_TYPES else []
+        if ips:
             c["answered"] += 1
-            return codec.answer_a(q, ips, self.ttl)
+            return codec.answer(q, ips, self.ttl)
         if kind in ("found", "nodata"):
             c["nodata"] += 1
             return codec.nodata(q, zone, negative_ttl=self.negative_ttl)

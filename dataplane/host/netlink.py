@@ -17,6 +17,7 @@ loads every protocol it has), which commands that never touch netlink (`pod list
 import contextlib
 import errno
 import os
+import socket
 
 from dataplane.errors import GlasswingError
 from dataplane.host import netns
@@ -24,6 +25,7 @@ from dataplane.host import netns
 RTPROT_BOOT = 3          # what `ip route add` sets, and so hides in `ip route show`
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
+IFA_F_NODAD = 0x02
 
 
 @contextlib.contextmanager
@@ -111,21 +113,36 @@ class Netlink:
     # ------------------------------------------------------------ addresses
 
     def add_address(self, ifname: str, cidr: str) -> None:
-        """`ip addr add CIDR dev IFNAME`: local and peer address the same, no broadcast."""
+        """`ip addr add CIDR dev IFNAME`: local and peer address the same, no broadcast. An
+        IPv6 one is `nodad`: usable at once, no duplicate address detection first (the
+        mesh hands out every address itself)."""
         what = f"add address {cidr} to {ifname}"
         address, prefixlen = cidr.split("/")
+        extra = {"family": socket.AF_INET6, "flags": IFA_F_NODAD} if ":" in address else {}
         self._do(what, self.ipr.addr, "add", index=self._index(ifname, what),
-                 address=address, local=address, prefixlen=int(prefixlen))
+                 address=address, local=address, prefixlen=int(prefixlen), **extra)
+
+    def delete_address(self, ifname: str, cidr: str, check: bool = True) -> None:
+        """`ip addr del CIDR dev IFNAME`; check=False: quiet when it is not there."""
+        what = f"delete address {cidr} from {ifname}"
+        address, prefixlen = cidr.split("/")
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            self._do(what, self.ipr.addr, "del", index=self._index(ifname, what),
+                     address=address, prefixlen=int(prefixlen), family=family)
+        except GlasswingError:
+            if check:
+                raise
 
     # ------------------------------------------------------------ routes
 
     def add_route(self, dst: str, dev: str = None, via: str = None, src: str = None,
                   replace: bool = False) -> None:
         """A unicast route in the main table, as `ip route add DST [via GW] [dev DEV]
-        [src SRC]` makes it (scope link when there is no gateway)."""
+        [src SRC]` makes it (scope link when there is no gateway); IPv4 or IPv6 by DST."""
         what = f"add route {dst}" + (f" via {via}" if via else "") + (f" dev {dev}" if dev else "")
-        spec = {"dst": _prefix(dst), "table": RT_TABLE_MAIN, "proto": RTPROT_BOOT, "type": "unicast",
-                "scope": RT_SCOPE_UNIVERSE if via else RT_SCOPE_LINK}
+        spec = {"dst": _prefix(dst), "family": _family(dst), "table": RT_TABLE_MAIN, "proto": RTPROT_BOOT,
+                "type": "unicast", "scope": RT_SCOPE_UNIVERSE if via else RT_SCOPE_LINK}
         if dev:
             spec["oif"] = self._index(dev, what)
         if via:
@@ -137,13 +154,13 @@ class Netlink:
     def add_blackhole(self, dst: str, replace: bool = False) -> None:
         """`ip route add|replace blackhole DST`."""
         self._do(f"add blackhole route {dst}", self.ipr.route, "replace" if replace else "add",
-                 dst=_prefix(dst), table=RT_TABLE_MAIN, proto=RTPROT_BOOT, type="blackhole",
+                 dst=_prefix(dst), family=_family(dst), table=RT_TABLE_MAIN, proto=RTPROT_BOOT, type="blackhole",
                  scope=RT_SCOPE_UNIVERSE)
 
     def delete_route(self, dst: str, blackhole: bool = False, check: bool = True) -> None:
         """`ip route del [blackhole] DST`: any unicast route to DST in the main
         table (or the blackhole one); check=False: quiet when there is none."""
-        spec = {"dst": _prefix(dst), "table": RT_TABLE_MAIN, "proto": 0}
+        spec = {"dst": _prefix(dst), "family": _family(dst), "table": RT_TABLE_MAIN, "proto": 0}
         spec.update({"type": "blackhole", "scope": RT_SCOPE_UNIVERSE} if blackhole else
                     {"type": 0, "scope": RT_SCOPE_NOWHERE})
         try:
@@ -153,8 +170,13 @@ class Netlink:
                 raise
 
 
+def _family(dst: str) -> int:
+    return socket.AF_INET6 if ":" in dst else socket.AF_INET
+
+
 def _prefix(dst: str) -> str:
-    return dst if "/" in dst else f"{dst}/32"
+    """A route destination with its length: an address alone is a /32 (IPv4) or /128 (IPv6)."""
+    return dst if "/" in dst else f"{dst}/{128 if ':' in dst else 32}"
 
 
 def delete_link(ns: str, ifname: str) -> None:

@@ -1,11 +1,19 @@
 """Nodes and pods on this machine: namespaces, veths, addresses and routes.
 
     underlay ns (simulated nodes only)      one bridge, br0
-        |  198.18.0.0/24                    node i has 198.18.0.i on ul0
-    node ns (the host itself for "local")   blackhole 198.19.0.0/16 (services)
-        |  gw<hash>  198.18.i.1/32          routes 198.18.i.N/32 to each pod
-    pod ns                                  eth0 198.18.i.N/32, lo up
-                                            routes only inside 198.18.0.0/15
+        |  198.18.0.0/24, 2001:2::c612:0/120   node i has 198.18.0.i and 2001:2::c612:i on ul0, and
+        |                                   routes to each other node's pods (IPv4 /24, IPv6 /120)
+    node ns (the host itself for "local")   blackhole 198.19.0.0/16 and 2001:2:0:ffff::/64 (services)
+        |  gw<hash>  198.18.i.1/32          routes 198.18.i.N/32 and its IPv6 /128 to each pod
+        |            fe80::1/64             (simulated nodes forward IPv4 and IPv6 between pods)
+    pod ns                                  eth0 198.18.i.N/32 and 2001:2::c612:iN/128 (nodad),
+                                            lo up with ::1 and ::6 (INBOUND_SOURCE6);
+                                            routes only inside 198.18.0.0/15 and 2001:2::/48
+
+Pods are dual-stack when the kernel has IPv6 (/proc/sys/net/ipv6): a pod's IPv6 address is
+POD_RANGE6's prefix followed by its IPv4 address (pod_ip6), kept in its record as ip6 ("" for
+pods made before, or without IPv6). IPv6 forwarding is turned on only inside simulated nodes'
+namespaces, never on the host.
 
 Every step that changes the kernel pushes its undo onto an Undo, so a
 failure part way leaves nothing half-made. Undo steps open their own netlink
@@ -23,7 +31,33 @@ from dataplane.host import cgroups
 from dataplane.host import netlink
 from dataplane.host import netns
 from dataplane.store import names
-from dataplane.settings import LOCAL_NODE, MESH_RANGE, SERVICE_RANGE, UNDERLAY
+from dataplane.settings import (INBOUND_SOURCE6, LOCAL_NODE, MESH_RANGE, MESH_RANGE6, POD_RANGE6, SERVICE_RANGE,
+                                SERVICE_RANGE6, UNDERLAY)
+
+GATEWAY6 = "fe80::1"  # the node side of every pod's veth: the pod's IPv6 gateway
+
+
+def ipv6_available() -> bool:
+    """Whether the kernel has IPv6 at all (not booted with ipv6.disable=1)."""
+    return os.path.isdir("/proc/sys/net/ipv6")
+
+
+def pod_cidr6(node: dict) -> str:
+    """A node's IPv6 pod range: the one its IPv4 pod_cidr maps to (198.18.1.0/24 -> 2001:2::c612:100/120)."""
+    net = ipaddress.IPv4Network(node["pod_cidr"])
+    return str(ipaddress.IPv6Network((POD_RANGE6.network_address + int(net.network_address),
+                                      128 - (32 - net.prefixlen))))
+
+
+def _underlay6(node: dict) -> str:
+    """A simulated node's IPv6 address on the underlay, the one its IPv4 address maps to (as
+    pods' do): its forwarder dials IPv6 endpoints outside pods from it."""
+    return pod_ip6(node["ip"])
+
+
+def pod_ip6(ip: str) -> str:
+    """A pod's IPv6 address: POD_RANGE6's prefix + its IPv4 address (198.18.1.5 -> 2001:2::c612:105)."""
+    return str(POD_RANGE6.network_address + int(ipaddress.IPv4Address(ip)))
 
 
 class Undo:
@@ -81,7 +115,13 @@ def ensure_blackhole(node: dict) -> None:
     """An unredirected service address must go nowhere, even if something
     (libvirt, say) turned on forwarding in the node's namespace."""
     with netlink.opened(node.get("netns")) as nl:
-        nl.add_blackhole(str(SERVICE_RANGE), replace=True)
+        _blackholes(nl, replace=True)
+
+
+def _blackholes(nl, replace: bool = False) -> None:
+    nl.add_blackhole(str(SERVICE_RANGE), replace=replace)
+    if ipv6_available():
+        nl.add_blackhole(str(SERVICE_RANGE6), replace=replace)
 
 
 def _node_record(doc, name, address, ns):
@@ -129,13 +169,22 @@ def add_node(doc: dict, name: str) -> dict:
             node.up("lo")
             node.add_address("ul0", f"{rec['ip']}/{UNDERLAY.prefixlen}")
             node.up("ul0")
-            node.add_blackhole(str(SERVICE_RANGE))
+            _blackholes(node)
             netns.sysctl("net.ipv4.ip_forward", "1", netns=ns)
+            six = ipv6_available()
+            if six:
+                _enable_ipv6(ns, "lo", "ul0")
+                netns.sysctl("net.ipv6.conf.all.forwarding", "1", netns=ns)
+                node.add_address("ul0", f"{_underlay6(rec)}/{128 - (32 - UNDERLAY.prefixlen)}")
             for peer in peers:
                 node.add_route(peer["pod_cidr"], via=peer["ip"])
                 with netlink.opened(peer["netns"]) as other:
                     other.add_route(rec["pod_cidr"], via=rec["ip"])
-                undo.push(netlink.delete_route, peer["netns"], rec["pod_cidr"])
+                    undo.push(netlink.delete_route, peer["netns"], rec["pod_cidr"])
+                    if six:
+                        node.add_route(pod_cidr6(peer), via=_underlay6(peer))
+                        other.add_route(pod_cidr6(rec), via=_underlay6(rec))
+                        undo.push(netlink.delete_route, peer["netns"], pod_cidr6(rec))
     doc["nodes"][name] = rec
     return rec
 
@@ -148,10 +197,13 @@ def remove_node(doc: dict, name: str) -> None:
     del doc["nodes"][name]
     if not rec.get("netns"):
         netlink.delete_route(None, str(SERVICE_RANGE), blackhole=True)
+        if ipv6_available():
+            netlink.delete_route(None, str(SERVICE_RANGE6), blackhole=True)
         return
     for peer in doc["nodes"].values():
         if peer.get("netns"):
             netlink.delete_route(peer["netns"], rec["pod_cidr"])
+            netlink.delete_route(peer["netns"], pod_cidr6(rec))
     netns.delete(rec["netns"], check=False)
     cgroups.remove(os.path.dirname(forwarder_cgroup(doc["cluster"], name)))
     if not any(n.get("netns") for n in doc["nodes"].values()):
@@ -186,7 +238,8 @@ def add_pod(doc: dict, name: str, node_name: str, address: str = None, ns: str =
     node = get_node(doc, node_name)
     cluster = doc["cluster"]
     addr = _pick_ip(doc, node, address)
-    rec = {"node": node_name, "ip": addr, "labels": labels or {}, "fail_mode": fail_mode,
+    addr6 = pod_ip6(addr) if ipv6_available() else ""
+    rec = {"node": node_name, "ip": addr, "ip6": addr6, "labels": labels or {}, "fail_mode": fail_mode,
            "namespace": namespace}
     node_ns = node.get("netns")
     with Undo() as undo:
@@ -208,9 +261,44 @@ def add_pod(doc: dict, name: str, node_name: str, address: str = None, ns: str =
             host.add_address(host_if, f"{node['gateway']}/32")
             host.up(host_if)
             host.add_route(f"{addr}/32", dev=host_if)
-            host.add_blackhole(str(SERVICE_RANGE), replace=True)
+            _blackholes(host, replace=True)
+        if addr6:
+            _pod_ipv6(rec, node_ns, addr6, undo)
     doc["pods"][name] = rec
     return rec
+
+
+def _enable_ipv6(ns: str, *ifnames: str) -> None:
+    """IPv6 on in namespace ns: for links made from now on, and for ifnames (lo is one)."""
+    for conf in ("all", "default", *ifnames):
+        netns.sysctl(f"net.ipv6.conf.{conf}.disable_ipv6", "0", netns=ns)
+
+
+def _pod_ipv6(rec: dict, node_ns: str, addr6: str, undo: Undo) -> None:
+    """The IPv6 half of a pod's plumbing, once its veth is up: addresses on both ends,
+    ::6 on lo, the pod's route to MESH_RANGE6 via fe80::1 and the node's /128 to the pod.
+    On the host (node_ns None) only the veth's own IPv6 is turned on."""
+    pod_ns, pod_if, host_if = rec["netns"], rec["pod_if"], rec["host_if"]
+    if node_ns:
+        _enable_ipv6(node_ns, host_if)
+    else:
+        netns.sysctl(f"net.ipv6.conf.{host_if}.disable_ipv6", "0")
+    _enable_ipv6(pod_ns, "lo", pod_if)
+    with netlink.opened(node_ns) as host, netlink.opened(pod_ns) as pod:
+        pod.add_address("lo", f"{INBOUND_SOURCE6}/128")
+        undo.push(_delete_address, pod_ns, "lo", f"{INBOUND_SOURCE6}/128")
+        pod.add_address(pod_if, f"{addr6}/128")
+        host.add_address(host_if, f"{GATEWAY6}/64")
+        pod.add_route(str(MESH_RANGE6), via=GATEWAY6, dev=pod_if, src=addr6)
+        host.add_route(addr6, dev=host_if)
+
+
+def _delete_address(ns: str, ifname: str, cidr: str) -> None:
+    try:
+        with netlink.opened(ns) as nl:
+            nl.delete_address(ifname, cidr, check=False)
+    except GlasswingError:
+        pass
 
 
 def _pod_netns(cluster, name, ns, undo):
@@ -255,6 +343,8 @@ def remove_pod(doc: dict, name: str) -> dict:
     rec = get_pod(doc, name)
     node = doc["nodes"].get(rec["node"], {})
     netlink.delete_link(node.get("netns"), rec["host_if"])
+    if rec.get("ip6") and not rec["netns_owned"]:  # a namespace the pod came with keeps lo
+        _delete_address(rec["netns"], "lo", f"{INBOUND_SOURCE6}/128")
     if rec["netns_owned"] or rec["netns"].startswith(f"gw-{doc['cluster']}-pod-"):
         if rec["netns_owned"]:
             _kill_netns_procs(rec["netns"])

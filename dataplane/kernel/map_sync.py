@@ -37,9 +37,12 @@ class ServiceIds:
 def reachable(endpoints, v6: bool) -> list:
     """(address text, port) of each endpoint a socket dialling a VIP of that family reaches
     it at: for an IPv4 VIP its IPv4 address (endpoints with only an IPv6 one are left out);
-    for an IPv6 VIP its IPv6 address, or its IPv4 one (mapped in the map) when it has none."""
+    for an IPv6 VIP its IPv4 address (mapped in the map), or its IPv6 one when it has none.
+    The kernel picks these itself (socket LB, fail-open) and cannot try another address as the
+    forwarder does when an app refuses: a dual-stack pod's app listening on 0.0.0.0 only (most
+    do) is reached at its mapped IPv4 address by an AF_INET6 socket, never at its IPv6 one."""
     if v6:
-        return [(ep.ip6 or ep.ip, ep.port) for ep in endpoints if ep.ip6 or ep.ip]
+        return [(ep.ip or ep.ip6, ep.port) for ep in endpoints if ep.ip or ep.ip6]
     return [(ep.ip, ep.port) for ep in endpoints if ep.ip]
 
 

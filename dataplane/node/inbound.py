@@ -1,19 +1,21 @@
 """Inbound: a tunnel stream on 15008 from a peer forwarder, into an app of a pod on this node.
 
 One stream, in order: read the StreamOpen preamble (within settings.PREAMBLE_TIMEOUT), check
-that its service port exists and that its target is an endpoint of it on this node, connect
-to the app from inside the pod (the dialer's connect_local, within the service's connect
+that its service port exists and that its target (either address of the endpoint, IPv4 or IPv6)
+is an endpoint of it on this node, connect to the target address from inside the pod (the dialer's connect_local, within the service's connect
 timeout), answer StreamAccept and hand both sockets to the relay sink with any app bytes
 that came with the preamble. Anything else is answered StreamReject with a reason of
 tunnel.codec.REASONS and counted as "rejected":
   malformed, version   the preamble is not one (or not complete in time)
   no_such_service      no such service port in the current catalog
   no_endpoint          the target is no endpoint of that service on this node
-  refused_by_app       the connect into the pod failed
+  refused_by_app       the connect into the pod failed (at the target, and when the app refused
+                       there at the endpoint's other address too: dialer.connect_pod)
 """
 import asyncio
 import logging
 
+from dataplane.node.dialer import connect_pod
 from dataplane.settings import PREAMBLE_TIMEOUT
 from dataplane.tunnel import codec as tc
 from dataplane.tunnel.streams import read_preamble
@@ -51,14 +53,14 @@ class Inbound:
         if sp is None:
             return await self._reject(sock, "no_such_service", f"no service {ev.service} port {ev.port}", ev.trace_id)
         local = [e for e in sp.endpoints
-                 if e.node == self.node and e.ip == ev.target.ip and e.port == ev.target.port]
+                 if e.node == self.node and ev.target.ip in (e.ip, e.ip6) and e.port == ev.target.port]
         if not local:
             return await self._reject(sock, "no_endpoint",
                                       f"{ev.target.ip}:{ev.target.port} is no endpoint of {ev.service} here",
                                       ev.trace_id)
         try:
-            upstream = await self._connect_local(local[0].pod, ev.target.ip, ev.target.port,
-                                                 self._policies.settings(ev.service).connect_timeout)
+            upstream = await connect_pod(self._connect_local, local[0], ev.target.ip,
+                                         self._policies.settings(ev.service).connect_timeout)
         except (OSError, asyncio.TimeoutError) as e:
             return await self._reject(sock, "refused_by_app", str(e), ev.trace_id)
         try:

@@ -93,6 +93,7 @@ class Publisher:
                         health = cur[0].state.status if cur and cur[1] == svc["health_check"] else "unknown"
                     want[ekey] = json.dumps({"service": key, "service_port": m["port"], "pod": pod,
                                              "node": self.node, "ip": rec["ip"], "port": port,
+                                             "ip6": rec.get("ip6") or "",  # pods made before IPv6 have none
                                              "health": health,
                                              "zone": static.get(pod, {}).get("zone") or rec.get("zone") or zone,
                                              # subsets (canary splits) select by these

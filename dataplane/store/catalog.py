@@ -83,10 +83,11 @@ class Catalog:
 
     @property
     def dns_names(self):
-        """Service names normalized for the resolver, built on first use per catalog."""
+        """Service names normalized for the resolver, with their IPv4 and IPv6 VIPs (those a
+        service has), built on first use per catalog."""
         if self._dns_names is None:
             from dataplane.dns.names import Names
-            self._dns_names = Names(self.vips)
+            self._dns_names = Names({k: [v for v in (vip, self.vips6.get(k)) if v] for k, vip in self.vips.items()})
         return self._dns_names
 
     def service_port(self, vip: str, port: int):

@@ -2,15 +2,13 @@
 registry and back out. One apply is one transaction: all its documents are
 stored, or none (a conflict with a concurrent writer retries the whole
 apply, which has no side effect outside the store)."""
-import ipaddress
-
 from dataplane.store import codec, kinds
 from dataplane.store import registry as reg
 from dataplane.store import schema as cs
 from dataplane.store import snapshot as snap
 from dataplane.store import services as svcs
+from dataplane.store import vips
 from dataplane.errors import GlasswingError
-from dataplane.settings import SERVICE_RANGE
 
 kind_of = kinds.kind_of  # a user's spelling ("svc", "policies") -> kind name
 
@@ -19,32 +17,20 @@ def _doc_key(d: cs.Document) -> str:
     return kinds.get(d.kind).doc_key(d.namespace, d.name)
 
 
-def _free_vip(doc, taken) -> str:
-    for host in SERVICE_RANGE.hosts():
-        if host >= SERVICE_RANGE.network_address + 10 and str(host) not in taken:
-            return str(host)
-    raise GlasswingError(f"no free service address left in {SERVICE_RANGE}")
-
-
 def apply(registry, documents: list) -> list:
     """Store every document; returns [(kind, key, "created"|"configured"|"unchanged")]."""
     def change(doc):
         out = []
-        taken = {s["vip"] for s in doc["services"].values()}
+        taken4, taken6 = vips.taken(doc["services"])
         for d in documents:
             key = _doc_key(d)
             if d.kind == "Service":
                 new = reg.service_to_dict(d.message)
                 old = doc["services"].get(key)
-                if not new["vip"]:
-                    new["vip"] = old["vip"] if old else _free_vip(doc, taken)
-                elif new["vip"] in taken and (not old or old["vip"] != new["vip"]):
-                    raise GlasswingError(f"{d.file}: document {d.index}: spec.vip: {new['vip']} is already "
-                                         "used by another service")
-                taken.add(new["vip"])
-                for ep in new["endpoints"]:
-                    if ep.get("address"):
-                        ipaddress.IPv4Address(ep["address"])
+                try:
+                    vips.assign(new, taken4, taken6, old)
+                except vips.VipError as e:
+                    raise GlasswingError(f"{d.file}: document {d.index}: spec.{e.field}: {e}") from None
                 action = "unchanged" if old == new else ("configured" if old else "created")
                 doc["services"][key] = new
             else:
@@ -81,7 +67,8 @@ def _published(doc) -> dict:
         ns, svc = e["service"].split("/", 1)
         out[f"{ns}/{svc}:{e['service_port']}/{e['pod']}:{e['port']}"] = snap.Endpoint(
             metadata=snap.Metadata(name=f"{e['pod']}-{e['port']}"[:40].rstrip("-"), namespace=ns),
-            spec=snap.EndpointSpec(service=svc, address=e["ip"], port=e["port"], health=e["health"],
+            spec=snap.EndpointSpec(service=svc, address=e["ip"], address6=e.get("ip6") or "", port=e["port"],
+                                   health=e["health"],
                                    node=e["node"], pod=e["pod"], weight=e.get("weight", 1),
                                    zone=e.get("zone", "")))
     return out

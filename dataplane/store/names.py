@@ -3,7 +3,7 @@ import ipaddress
 import re
 
 from dataplane.errors import GlasswingError
-from dataplane.settings import SERVICE_RANGE
+from dataplane.settings import MESH_RANGE6, SERVICE_RANGE, SERVICE_RANGE6
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 _LABEL = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,61}[A-Za-z0-9])?$")
@@ -36,6 +36,20 @@ def address(value: str, network: ipaddress.IPv4Network, what: str) -> str:
         raise GlasswingError(f"{what} {ip} is outside {network}")
     if ip in (network.network_address, network.broadcast_address):
         raise GlasswingError(f"{what} {ip} is the network or broadcast address of {network}")
+    return str(ip)
+
+
+def address6(value: str, what: str) -> str:
+    """An endpoint's IPv6 address: inside MESH_RANGE6 but not the service range, as canonical
+    compressed text."""
+    try:
+        ip = ipaddress.IPv6Address(value)
+    except ValueError:
+        raise GlasswingError(f"invalid {what} {value!r}: not an IPv6 address") from None
+    if ip not in MESH_RANGE6 or ip == MESH_RANGE6.network_address:
+        raise GlasswingError(f"{what} {ip} is outside {MESH_RANGE6}")
+    if ip in SERVICE_RANGE6:
+        raise GlasswingError(f"{what} {ip} is inside the service range {SERVICE_RANGE6}")
     return str(ip)
 
 

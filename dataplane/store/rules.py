@@ -7,7 +7,7 @@ import re
 
 from dataplane.errors import GlasswingError
 from dataplane.settings import POD_RANGE
-from dataplane.store import names
+from dataplane.store import names, vips
 from dataplane.store.problems import Invalid, short, sub
 from dataplane.store.shape import RETRY_CONDITIONS
 
@@ -61,8 +61,17 @@ def _http_path(d, key, path):
 
 
 def check_service(spec, path):
-    if "vip" in spec:
-        spec["vip"] = call(sub(path, "vip"), names.vip, spec["vip"])
+    fams = spec.setdefault("ipFamilies", list(vips.DUAL))
+    if not fams:
+        raise Invalid(sub(path, "ipFamilies"), "at least one of IPv4, IPv6 is required (omit it for both)")
+    if len(set(fams)) != len(fams):
+        raise Invalid(sub(path, "ipFamilies"), f"a family is given twice in {', '.join(fams)}")
+    spec["ipFamilies"] = [f for f in vips.FAMILIES if f in fams]
+    for key, family, check in (("vip", vips.IPV4, names.vip), ("vip6", vips.IPV6, vips.vip6)):
+        if key in spec:
+            if family not in fams:
+                raise Invalid(sub(path, key), f"the service has no {family} (ipFamilies {', '.join(fams)})")
+            spec[key] = call(sub(path, key), check, spec[key])
     ports = spec.get("ports")
     if not ports:
         raise Invalid(sub(path, "ports"), "at least one port is required")
@@ -89,16 +98,15 @@ def check_service(spec, path):
     seen = {}
     for i, ep in enumerate(spec.get("endpoints", ())):
         ep_path = f"{path}.endpoints[{i}]"
-        if "pod" in ep and "address" in ep:
-            raise Invalid(ep_path, "give either pod or address, not both")
+        if "pod" in ep and ("address" in ep or "address6" in ep):
+            raise Invalid(ep_path, "give either pod or address/address6, not both")
         if "pod" in ep:
             call(f"{ep_path}.pod", names.name, "pod", ep["pod"])
             ident = f"pod {ep['pod']}"
-        elif "address" in ep:
-            ep["address"] = call(f"{ep_path}.address", names.address, ep["address"], POD_RANGE, "endpoint address")
-            ident = f"address {ep['address']}"
+        elif "address" in ep or "address6" in ep:
+            ident = "address " + "/".join(_addresses(ep, ep_path))
         else:
-            raise Invalid(ep_path, "pod or address is required")
+            raise Invalid(ep_path, "pod, address or address6 is required")
         if ep.get("port"):
             ident += f" port {ep['port']}"
         if ident in seen:
@@ -128,10 +136,23 @@ def check_health(hc, path):
     hc.setdefault("unhealthyThreshold", 3)
 
 
+def _addresses(ep, path) -> list:
+    """An endpoint's address and address6 (either or both), checked and canonical in place."""
+    out = []
+    if "address" in ep:
+        ep["address"] = call(sub(path, "address"), names.address, ep["address"], POD_RANGE, "endpoint address")
+        out.append(ep["address"])
+    if "address6" in ep:
+        ep["address6"] = call(sub(path, "address6"), names.address6, ep["address6"], "endpoint IPv6 address")
+        out.append(ep["address6"])
+    return out
+
+
 def check_endpoint(spec, path):
     call(sub(path, "service"), names.name, "service", require(spec, "service", path))
-    spec["address"] = call(sub(path, "address"), names.address, require(spec, "address", path),
-                            POD_RANGE, "endpoint address")
+    if "address" not in spec and "address6" not in spec:
+        raise Invalid(sub(path, "address"), "required (or address6)")
+    _addresses(spec, path)
     require(spec, "port", path)
     labels(spec.get("labels", {}), sub(path, "labels"))
     for key in ("zone", "node", "pod"):

@@ -1,10 +1,10 @@
-"""Services in the store: a name, a VIP from 198.19.0.0/16, port mappings,
-and endpoints named by pod or picked by a label selector."""
+"""Services in the store: a name, a VIP per address family (198.19.0.0/16 and
+2001:2:0:ffff::/64, see vips.py), port mappings, and endpoints named by pod or picked by a
+label selector."""
 import ipaddress
 
-from dataplane.store import names
+from dataplane.store import names, vips
 from dataplane.errors import GlasswingError
-from dataplane.settings import SERVICE_RANGE
 
 
 def split_name(name: str):
@@ -22,6 +22,7 @@ def key_of(name: str) -> str:
 
 
 PROTOCOLS = ("tcp", "http")
+IP_FAMILY = {"dual": vips.DUAL, "ipv4": (vips.IPV4,), "ipv6": (vips.IPV6,)}  # --ip-family -> ip_families
 
 
 def port_spec(spec: str):
@@ -36,7 +37,11 @@ def port_spec(spec: str):
 
 
 def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selector: dict = None,
-                vip: str = None, socket_lb: bool = False) -> dict:
+                vip: str = None, socket_lb: bool = False, vip6: str = None, ip_family: str = "dual") -> dict:
+    """The record of a new service, added to doc["services"]. ip_family is "dual" (both VIPs),
+    "ipv4" or "ipv6" (`--ip-family`); vip and vip6 are allocated when not given (vips.assign)."""
+    if ip_family not in IP_FAMILY:
+        raise GlasswingError(f"invalid IP family {ip_family!r}: use {', '.join(IP_FAMILY)}")
     ns, short = split_name(name)
     key = f"{ns}/{short}"
     if key in doc["services"]:
@@ -62,19 +67,10 @@ def add_service(doc: dict, name: str, ports: list, endpoints: list = (), selecto
         if ep in eps:
             raise GlasswingError(f"endpoint {spec!r} given twice")
         eps.append(ep)
-    taken = {s["vip"] for s in doc["services"].values()}
-    if vip:
-        vip = names.vip(vip)
-        if vip in taken:
-            raise GlasswingError(f"service address {vip} is already in use")
-    else:
-        vip = next((str(h) for h in SERVICE_RANGE.hosts()
-                    if h >= SERVICE_RANGE.network_address + 10 and str(h) not in taken), None)
-        if vip is None:
-            raise GlasswingError(f"no free service address left in {SERVICE_RANGE}")
     rec = {"namespace": ns, "name": short, "labels": {"glasswing.dev/lb": "socket"} if socket_lb else {},
-           "vip": vip, "ports": mapped,
+           "vip": vip or "", "vip6": vip6 or "", "ip_families": list(IP_FAMILY[ip_family]), "ports": mapped,
            "endpoints": eps, "selector": selector or None, "health_check": None}
+    vips.assign(rec, *vips.taken(doc["services"]))
     doc["services"][key] = rec
     return rec
 

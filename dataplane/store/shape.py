@@ -50,6 +50,7 @@ _RANGES = {
 }
 _CHOICES = {
     "ServicePort.protocol": ("tcp", "http"),
+    "ServiceSpec.ip_families": ("IPv4", "IPv6"),
     "HealthCheck.type": ("tcp", "http"),
     "EndpointSpec.health": ("healthy", "unhealthy", "unknown"),
     "RouteMatch.method": HTTP_METHODS,

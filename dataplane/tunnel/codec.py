@@ -25,7 +25,7 @@ REASONS = ("no_such_service", "no_endpoint", "refused_by_app", "policy", "malfor
 
 @dataclass(frozen=True)
 class Address:
-    ip: str  # dotted IPv4
+    ip: str  # IPv4 (dotted) or IPv6 (compressed text)
     port: int
 
 
@@ -83,7 +83,10 @@ def _frame(msg):
 
 
 def _pb_address(a):
-    return pb.Address(ip=int(ipaddress.IPv4Address(a.ip)), port=a.port)
+    ip = ipaddress.ip_address(a.ip)
+    if ip.version == 6:
+        return pb.Address(ip6=ip.packed, port=a.port)
+    return pb.Address(ip=int(ip), port=a.port)
 
 
 def encode_open(o: Open) -> bytes:
@@ -147,7 +150,11 @@ def _read_varint(buf):
     return None
 
 
-def _address(m):
+def _address(m, what):
+    if m.WhichOneof("family") == "ip6":
+        if len(m.ip6) != 16:
+            raise _malformed(f"open {what} ip6 is {len(m.ip6)} bytes, not 16")
+        return Address(ip=str(ipaddress.IPv6Address(m.ip6)), port=m.port)
     return Address(ip=str(ipaddress.IPv4Address(m.ip)), port=m.port)
 
 
@@ -161,8 +168,8 @@ def _decode_open(body):
     if not m.HasField("original_dst") or not m.HasField("target"):
         raise _malformed("open lacks original_dst or target")
     o = Open(version=m.version, source_pod=m.source_pod, source_identity=m.source_identity,
-             service=m.service, port=m.port, original_dst=_address(m.original_dst),
-             target=_address(m.target), trace_id=m.trace_id, source_node=m.source_node)
+             service=m.service, port=m.port, original_dst=_address(m.original_dst, "original_dst"),
+             target=_address(m.target, "target"), trace_id=m.trace_id, source_node=m.source_node)
     problem = _open_problem(o)
     if problem:
         raise _malformed(problem)

@@ -1,10 +1,15 @@
 """Opening the upstream side of a stream: into a pod on this node, or through
 the tunnel to a peer node's forwarder. Both ends are forwarder sockets
-(marked, made outside any pod cgroup), so no hook ever redirects them."""
+(marked, made outside any pod cgroup), so no hook ever redirects them. An IPv6
+address is dialled over an AF_INET6 socket (IPV6_V6ONLY), from INBOUND_SOURCE6
+into a pod."""
 import asyncio
+import socket
 
+from dataplane.host import netns
 from dataplane.tunnel import codec as tc
-from dataplane.settings import CONNECT_TIMEOUT, INBOUND_SOURCE, PREAMBLE_TIMEOUT, TUNNEL_PORT
+from dataplane.settings import (CONNECT_TIMEOUT, FORWARDER_MARK, INBOUND_SOURCE, INBOUND_SOURCE6, PREAMBLE_TIMEOUT,
+                                TUNNEL_PORT)
 from dataplane.host.sockets import connect, marked_socket, ready
 
 
@@ -19,7 +24,7 @@ async def dial(addr, ns_fd: int = None, home_fd: int = None, source: str = None,
     """A connected forwarder socket to addr, made in namespace ns_fd (the
     node's own if None); closed again if the connect fails. timeout: seconds,
     CONNECT_TIMEOUT when None."""
-    s = marked_socket(ns_fd, home_fd)
+    s = _marked6(ns_fd, home_fd) if ":" in addr[0] else marked_socket(ns_fd, home_fd)
     try:
         await connect(s, addr, CONNECT_TIMEOUT if timeout is None else timeout, source=source)
     except BaseException:
@@ -28,10 +33,30 @@ async def dial(addr, ns_fd: int = None, home_fd: int = None, source: str = None,
     return s
 
 
+def _marked6(ns_fd: int = None, home_fd: int = None) -> socket.socket:
+    """sockets.marked_socket's AF_INET6 twin: non-blocking TCP, IPV6_V6ONLY, the forwarder
+    mark, made in namespace ns_fd (the caller's own if None)."""
+    flags = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    if ns_fd is not None:
+        with netns.entered(ns_fd, home_fd):
+            s = socket.socket(socket.AF_INET6, flags)
+    else:
+        s = socket.socket(socket.AF_INET6, flags)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 async def connect_in_pod(ns_fd: int, home_fd: int, ip: str, port: int, timeout: float = None):
-    """A connection to the app made from inside its pod, from 127.0.0.6: the
-    app sees a mesh connection, and no route or forwarding is needed."""
-    return await dial((ip, port), ns_fd, home_fd, source=INBOUND_SOURCE, timeout=timeout)
+    """A connection to the app made from inside its pod, from 127.0.0.6 (::6 to an IPv6
+    address, which the pod's lo has): the app sees a mesh connection, and no route or
+    forwarding is needed."""
+    source = INBOUND_SOURCE6 if ":" in ip else INBOUND_SOURCE
+    return await dial((ip, port), ns_fd, home_fd, source=source, timeout=timeout)
 
 
 async def read_preamble(sock, reader: tc.PreambleReader, timeout: float = PREAMBLE_TIMEOUT):

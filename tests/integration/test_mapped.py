@@ -7,7 +7,7 @@ IPv6 and every hook attachment of the forwarder and its pods.
 
     n1: client, web1 (peers.py serve, grpc_peers.py serve 9100)     n2: web2 (the same)
     services: web-near 80->8080 web1, web-far 80->8080 web2, near/far 7000, socklb 7000
-              (web1, web2, picked in connect6), grpc-near/grpc-far 9100/tcp
+              (web1, web2, picked in connect6), grpc-near/grpc-far 9100/tcp (IPv4 only)
 """
 import json
 import os
@@ -42,8 +42,9 @@ def lab(kernel_before):
         lab.service("near", ports=["7000"], endpoints=["web1"])
         lab.service("far", ports=["7000"], endpoints=["web2"])
         lab.service("socklb", ports=["7000"], endpoints=["web1", "web2"], socket_lb=True)
-        lab.service("grpc-near", ports=["9100/tcp"], endpoints=["web1"])
-        lab.service("grpc-far", ports=["9100/tcp"], endpoints=["web2"])
+        # IPv4 only: with an AAAA answer gRPC dials the IPv6 VIP natively (test_ipv6's business)
+        lab.service("grpc-near", ports=["9100/tcp"], endpoints=["web1"], ip_family="ipv4")
+        lab.service("grpc-far", ports=["9100/tcp"], endpoints=["web2"], ip_family="ipv4")
         lab.up("n1")
         lab.up("n2")
         start_peers(lab, ("web1", "web2"), "client")

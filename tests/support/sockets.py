@@ -47,8 +47,10 @@ def relay_pair():
 
 async def connected(addr, timeout: float = None) -> socket.socket:
     """A non-blocking TCP socket connected to addr with the forwarder's own connect (the
-    stand-in for dialing an endpoint or a pod); OSError, the socket closed, if that fails."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    stand-in for dialing an endpoint or a pod), IPv4 or IPv6 by addr; OSError, the socket
+    closed, if that fails."""
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         await connect(s, addr, TIMEOUT if timeout is None else timeout)
     except BaseException:
@@ -74,14 +76,15 @@ def refusing_port():
     return s, s.getsockname()[1]
 
 
-async def echo_server():
-    """(asyncio server, port) on 127.0.0.1 that echoes each connection's bytes until its EOF."""
+async def echo_server(host: str = "127.0.0.1"):
+    """(asyncio server, port) on host (127.0.0.1 by default) that echoes each connection's bytes
+    until its EOF."""
     async def echo(reader, writer):
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
         writer.close()
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    server = await asyncio.start_server(echo, host, 0)
     return server, server.sockets[0].getsockname()[1]
 
 

@@ -40,12 +40,14 @@ FULL = {
           revision: 7
         spec:
           vip: 198.19.0.20
+          vip6: 2001:2:0:ffff::c613:14
+          ipFamilies: [IPv4, IPv6]
           ports:
             - {name: http, port: 80, targetPort: 8080, protocol: http}
             - {name: admin, port: 9000, targetPort: 9000, protocol: tcp}
           endpoints:
             - {pod: orders-1, port: 8081, labels: {version: v1}, zone: zone-a, weight: 3}
-            - {address: 198.18.2.7, weight: 1}
+            - {address: 198.18.2.7, address6: 2001:2::c612:207, weight: 1}
           healthCheck:
             type: http
             path: /healthz
@@ -147,7 +149,8 @@ MINIMAL = [
       "spec": {"ports": [{"port": 80, "targetPort": 80}],
                "endpoints": [{"pod": "web-1", "weight": 1}, {"address": "198.18.1.9", "port": 81, "weight": 1}],
                "healthCheck": {"type": "tcp", "intervalMs": 10000, "timeoutMs": 1000,
-                               "healthyThreshold": 1, "unhealthyThreshold": 3}}}),
+                               "healthyThreshold": 1, "unhealthyThreshold": 3},
+               "ipFamilies": ["IPv4", "IPv6"]}}),
     ("""
      apiVersion: glasswing.dev/v1
      kind: Service
@@ -161,7 +164,8 @@ MINIMAL = [
       "metadata": {"name": "web", "namespace": "default"},
       "spec": {"ports": [{"port": 80, "targetPort": 80}], "selector": {"app": "web"},
                "healthCheck": {"type": "http", "path": "/", "intervalMs": 500, "timeoutMs": 250,
-                               "healthyThreshold": 1, "unhealthyThreshold": 3}}}),
+                               "healthyThreshold": 1, "unhealthyThreshold": 3},
+               "ipFamilies": ["IPv4", "IPv6"]}}),
     ("""
      apiVersion: glasswing.dev/v1
      kind: Endpoint
@@ -171,6 +175,41 @@ MINIMAL = [
      {"apiVersion": "glasswing.dev/v1", "kind": "Endpoint",
       "metadata": {"name": "web-1", "namespace": "default"},
       "spec": {"service": "web", "address": "198.18.1.2", "port": 8080, "weight": 1, "health": "unknown"}}),
+    # IPv6: addresses become canonical text, families keep their order
+    ("""
+     apiVersion: glasswing.dev/v1
+     kind: Service
+     metadata: {name: web6}
+     spec:
+       ipFamilies: [IPv6]
+       vip6: 2001:2:0:FFFF:0:0:0:1a
+       ports: [{port: 80}]
+       endpoints: [{address6: "2001:0002::c612:0109", port: 81}, {address: 198.18.1.10, address6: "2001:2::a"}]
+     """,
+     {"apiVersion": "glasswing.dev/v1", "kind": "Service",
+      "metadata": {"name": "web6", "namespace": "default"},
+      "spec": {"ports": [{"port": 80, "targetPort": 80}],
+               "endpoints": [{"port": 81, "weight": 1, "address6": "2001:2::c612:109"},
+                             {"address": "198.18.1.10", "weight": 1, "address6": "2001:2::a"}],
+               "vip6": "2001:2:0:ffff::1a", "ipFamilies": ["IPv6"]}}),
+    ("""
+     apiVersion: glasswing.dev/v1
+     kind: Service
+     metadata: {name: web}
+     spec: {ipFamilies: [IPv6, IPv4], ports: [{port: 80}]}
+     """,
+     {"apiVersion": "glasswing.dev/v1", "kind": "Service",
+      "metadata": {"name": "web", "namespace": "default"},
+      "spec": {"ports": [{"port": 80, "targetPort": 80}], "ipFamilies": ["IPv4", "IPv6"]}}),
+    ("""
+     apiVersion: glasswing.dev/v1
+     kind: Endpoint
+     metadata: {name: web-1}
+     spec: {service: web, address6: "2001:2::c612:102", port: 8080}
+     """,
+     {"apiVersion": "glasswing.dev/v1", "kind": "Endpoint",
+      "metadata": {"name": "web-1", "namespace": "default"},
+      "spec": {"service": "web", "port": 8080, "weight": 1, "health": "unknown", "address6": "2001:2::c612:102"}}),
     ("""
      apiVersion: glasswing.dev/v1
      kind: Route
@@ -398,6 +437,32 @@ INVALID = [
     # Service vip, selector, endpoints
     (svc(f"{{vip: 10.0.0.1, {P80}}}"), "spec.vip: service address 10.0.0.1 is outside 198.19.0.0/16"),
     (svc(f"{{vip: abc, {P80}}}"), "spec.vip: invalid service address 'abc': not an IPv4 address"),
+    # Service IPv6 VIP and families
+    (svc(f"{{vip6: 2001:2:0:fffe::1, {P80}}}"),
+     "spec.vip6: IPv6 service address 2001:2:0:fffe::1 is outside 2001:2:0:ffff::/64"),
+    (svc(f"{{vip6: 198.19.0.1, {P80}}}"),
+     "spec.vip6: invalid IPv6 service address '198.19.0.1': not an IPv6 address"),
+    (svc(f"{{vip6: '2001:2:0:ffff::', {P80}}}"),
+     "spec.vip6: IPv6 service address 2001:2:0:ffff:: is the network address of 2001:2:0:ffff::/64"),
+    (svc(f"{{ipFamilies: [ipv6], {P80}}}"), "spec.ipFamilies[0]: 'ipv6' is not one of IPv4, IPv6"),
+    (svc(f"{{ipFamilies: IPv6, {P80}}}"), "spec.ipFamilies: expected a list, got string 'IPv6'"),
+    (svc(f"{{ipFamilies: [], {P80}}}"),
+     "spec.ipFamilies: at least one of IPv4, IPv6 is required (omit it for both)"),
+    (svc(f"{{ipFamilies: [IPv6, IPv6], {P80}}}"), "spec.ipFamilies: a family is given twice in IPv6, IPv6"),
+    (svc(f"{{ipFamilies: [IPv6], vip: 198.19.0.5, {P80}}}"), "spec.vip: the service has no IPv4 (ipFamilies IPv6)"),
+    (svc(f"{{ipFamilies: [IPv4], vip6: '2001:2:0:ffff::5', {P80}}}"),
+     "spec.vip6: the service has no IPv6 (ipFamilies IPv4)"),
+    (svc(f"{{{P80}, endpoints: [{{address6: '2001:3::1'}}]}}"),
+     "spec.endpoints[0].address6: endpoint IPv6 address 2001:3::1 is outside 2001:2::/48"),
+    (svc(f"{{{P80}, endpoints: [{{address6: '2001:2:0:ffff::9'}}]}}"),
+     "spec.endpoints[0].address6: endpoint IPv6 address 2001:2:0:ffff::9 is inside the service range "
+     "2001:2:0:ffff::/64"),
+    (svc(f"{{{P80}, endpoints: [{{address6: 198.18.1.2}}]}}"),
+     "spec.endpoints[0].address6: invalid endpoint IPv6 address '198.18.1.2': not an IPv6 address"),
+    (svc(f"{{{P80}, endpoints: [{{pod: web, address6: '2001:2::1'}}]}}"),
+     "spec.endpoints[0]: give either pod or address/address6, not both"),
+    (svc(f"{{{P80}, endpoints: [{{address6: '2001:2::1'}}, {{address6: '2001:2:0:0::1'}}]}}"),
+     "spec.endpoints[1]: duplicate endpoint address 2001:2::1 (also spec.endpoints[0])"),
     (svc(f"{{{P80}, selector: {{app: web}}, endpoints: [{{pod: web}}]}}"),
      "spec.selector: selector and endpoints are mutually exclusive"),
     (svc(f"{{{P80}, selector: [app]}}"), "spec.selector: expected a mapping, got a list"),
@@ -406,8 +471,8 @@ INVALID = [
     (svc(f"{{{P80}, selector: {{app.kubernetes.io/name: 3}}}}"),
      'spec.selector["app.kubernetes.io/name"]: expected a string, got integer 3'),
     (svc(f"{{{P80}, endpoints: [{{pod: web, address: 198.18.1.2}}]}}"),
-     "spec.endpoints[0]: give either pod or address, not both"),
-    (svc(f"{{{P80}, endpoints: [{{port: 8080}}]}}"), "spec.endpoints[0]: pod or address is required"),
+     "spec.endpoints[0]: give either pod or address/address6, not both"),
+    (svc(f"{{{P80}, endpoints: [{{port: 8080}}]}}"), "spec.endpoints[0]: pod, address or address6 is required"),
     (svc(f"{{{P80}, endpoints: [{{address: 10.1.2.3}}]}}"),
      "spec.endpoints[0].address: endpoint address 10.1.2.3 is outside 198.18.0.0/16"),
     (svc(f"{{{P80}, endpoints: [{{pod: Web}}]}}"), f"spec.endpoints[0].pod: invalid pod name 'Web': {NAME_RULE}"),
@@ -435,8 +500,10 @@ INVALID = [
      "spec.healthCheck.port: unknown field (expected one of type, path, intervalMs, timeoutMs, healthyThreshold, "
      "unhealthyThreshold)"),
     # Endpoint
-    (kind_doc("Endpoint", "{service: orders, port: 80}"), "spec.address: required"),
+    (kind_doc("Endpoint", "{service: orders, port: 80}"), "spec.address: required (or address6)"),
     (kind_doc("Endpoint", "{address: 198.18.1.2, port: 80}"), "spec.service: required"),
+    (kind_doc("Endpoint", "{service: orders, address6: '2001:2::g', port: 80}"),
+     "spec.address6: invalid endpoint IPv6 address '2001:2::g': not an IPv6 address"),
     (kind_doc("Endpoint", "{service: orders, address: 198.18.1.2}"), "spec.port: required"),
     (kind_doc("Endpoint", "{service: orders, address: 198.19.0.5, port: 80}"),
      "spec.address: endpoint address 198.19.0.5 is outside 198.18.0.0/16"),

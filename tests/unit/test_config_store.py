@@ -61,9 +61,36 @@ def test_vip_clash_refused_and_nothing_stored(reg, tmp_path):
     config_store.apply(reg, docs(tmp_path, SVC))
     before = reg.read()["revision"]
     clash = SVC.split("---")[0].replace("name: orders", "name: other") + "  vip: 198.19.0.10\n"
-    with pytest.raises(GlasswingError, match=r"spec.vip: 198.19.0.10 is already used by another service"):
+    with pytest.raises(GlasswingError, match=r"spec.vip: service address 198.19.0.10 is already in use"):
         config_store.apply(reg, docs(tmp_path, clash, "c.yaml"))
     assert reg.read()["revision"] == before
+
+
+def test_apply_allocates_and_keeps_vip6(reg, tmp_path):
+    config_store.apply(reg, docs(tmp_path, SVC))
+    rec = reg.read()["services"]["shop/orders"]
+    assert (rec["vip"], rec["vip6"], rec["ip_families"]) == ("198.19.0.10", "2001:2:0:ffff::c613:a", ["IPv4", "IPv6"])
+    # an IPv6-only service: no IPv4 VIP, the next free IPv6 one
+    six = SVC.split("---")[0].replace("name: orders", "name: six") + "  ipFamilies: [IPv6]\n"
+    config_store.apply(reg, docs(tmp_path, six, "six.yaml"))
+    rec6 = reg.read()["services"]["shop/six"]
+    assert (rec6["vip"], rec6["vip6"]) == ("", "2001:2:0:ffff::a")
+    # a record made before services had an IPv6 VIP gets one when applied again, its IPv4 VIP kept
+    def forget(doc):
+        doc["services"]["shop/orders"].pop("vip6")
+        doc["services"]["shop/orders"].pop("ip_families")
+    reg.update(forget)
+    assert [a for _k, _key, a in config_store.apply(reg, docs(tmp_path, SVC))][0] == "configured"
+    rec = reg.read()["services"]["shop/orders"]
+    assert (rec["vip"], rec["vip6"]) == ("198.19.0.10", "2001:2:0:ffff::c613:a")
+
+
+def test_vip6_clash_refused(reg, tmp_path):
+    config_store.apply(reg, docs(tmp_path, SVC))
+    clash = SVC.split("---")[0].replace("name: orders", "name: other") + "  vip6: 2001:2:0:ffff::c613:a\n"
+    with pytest.raises(GlasswingError, match=r"c.yaml: document 1: spec.vip6: IPv6 service address "
+                                             r"2001:2:0:ffff::c613:a is already in use$"):
+        config_store.apply(reg, docs(tmp_path, clash, "c.yaml"))
 
 
 def test_delete(reg, tmp_path):

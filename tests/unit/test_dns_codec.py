@@ -193,7 +193,7 @@ def test_mutated_queries_parse_or_raise_format_error():
         else:
             parsed += 1
             assert isinstance(query.name, str) and len(query.raw_question) >= 5
-            dc.answer_a(query, ["198.19.0.1"], 5)  # builders accept whatever parses
+            dc.answer(query, ["198.19.0.1"], 5)  # builders accept whatever parses
             dc.nxdomain(query, "svc.glasswing")
     assert parsed > 100  # the generator does exercise the success path too
 
@@ -209,7 +209,7 @@ def test_formerr_exact_bytes():
 
 def test_answer_exact_bytes():
     query = dc.parse_query(bytes.fromhex("abcd 0100 0001 0000 0000 0000") + GOOD_Q)
-    out = dc.answer_a(query, ["198.19.0.10"], 30)
+    out = dc.answer(query, ["198.19.0.10"], 30)
     assert out == (bytes.fromhex("abcd 8580 0001 0001 0000 0000") + GOOD_Q
                    + bytes.fromhex("c00c 0001 0001 0000001e 0004 c613000a"))
 
@@ -217,7 +217,7 @@ def test_answer_exact_bytes():
 def test_flags_exact():
     base = bytes.fromhex("0001 0000 0001 0000 0000 0000") + GOOD_Q
     query = dc.parse_query(base)  # RD clear
-    assert header(dc.answer_a(query, [], 5))[1] == 0x8480  # QR AA RA
+    assert header(dc.answer(query, [], 5))[1] == 0x8480  # QR AA RA
     assert header(dc.nxdomain(query))[1] == 0x8483
     assert header(dc.nodata(query))[1] == 0x8480
     assert header(dc.refused(query))[1] == 0x8085  # not authoritative
@@ -225,12 +225,12 @@ def test_flags_exact():
     assert header(dc.notimp(query))[1] == 0x8084
     rd_cd = dc.parse_query(bytes.fromhex("0001 0110 0001 0000 0000 0000") + GOOD_Q)
     assert header(dc.refused(rd_cd))[1] == 0x8195  # RD and CD copied
-    assert header(dc.answer_a(query, [], 5, authoritative=False))[1] == 0x8080
+    assert header(dc.answer(query, [], 5, authoritative=False))[1] == 0x8080
 
 
 def test_responses_echo_question_and_counts():
     query = q("Web.Default.svc.glasswing")
-    for out, counts in [(dc.answer_a(query, ["198.19.0.1", "198.19.0.2"], 7), (1, 2, 0, 0)),
+    for out, counts in [(dc.answer(query, ["198.19.0.1", "198.19.0.2"], 7), (1, 2, 0, 0)),
                         (dc.nodata(query), (1, 0, 0, 0)),
                         (dc.nxdomain(query, "svc.glasswing"), (1, 0, 1, 0)),
                         (dc.refused(query), (1, 0, 0, 0)),
@@ -257,7 +257,7 @@ def test_is_response_to_and_with_id():
 
 def test_answer_a_read_by_scapy():
     query = q("Web.Default.svc.glasswing", id=0x4242)
-    resp = DNS(dc.answer_a(query, ["198.19.0.10", "198.19.0.11"], 30))
+    resp = DNS(dc.answer(query, ["198.19.0.10", "198.19.0.11"], 30))
     assert resp.id == 0x4242 and resp.qr == 1 and resp.aa == 1 and resp.rd == 1 and resp.ra == 1
     assert resp.rcode == 0 and resp.tc == 0 and resp.ancount == 2 and resp.arcount == 0
     assert [rr(resp.an, i).rdata for i in range(2)] == ["198.19.0.10", "198.19.0.11"]
@@ -269,13 +269,13 @@ def test_answer_a_read_by_scapy():
 
 def test_answer_uses_compression_pointer():
     query = q("web.default.svc.glasswing")
-    out = dc.answer_a(query, ["198.19.0.10"], 30)
+    out = dc.answer(query, ["198.19.0.10"], 30)
     assert out[12 + len(query.raw_question):][:2] == b"\xc0\x0c"
     assert len(out) == 12 + len(query.raw_question) + 16
 
 
 def test_any_query_answer():
-    resp = DNS(dc.answer_a(q(qtype="ALL"), ["198.19.0.3"], 5))
+    resp = DNS(dc.answer(q(qtype="ALL"), ["198.19.0.3"], 5))
     assert rr(resp.an).type == dc.TYPE_A and rr(resp.qd).qtype == dc.TYPE_ANY
 
 
@@ -317,12 +317,12 @@ def test_refused_servfail_formerr_read_by_scapy():
 
 def test_edns_response_carries_minimal_opt():
     query = q(edns=4096)
-    resp = DNS(dc.answer_a(query, ["198.19.0.10"], 5))
+    resp = DNS(dc.answer(query, ["198.19.0.10"], 5))
     assert resp.arcount == 1
     opt = rr(resp.ar)
     assert opt.type == dc.TYPE_OPT and opt.rclass == dc.EDNS_PAYLOAD and opt.version == 0 and opt.rrname == b"."
     assert DNS(dc.nxdomain(query, "svc.glasswing")).arcount == 1
-    assert DNS(dc.answer_a(q(), ["198.19.0.10"], 5)).arcount == 0  # no EDNS in, none out
+    assert DNS(dc.answer(q(), ["198.19.0.10"], 5)).arcount == 0  # no EDNS in, none out
 
 
 def test_badvers():
@@ -331,13 +331,26 @@ def test_badvers():
     assert resp.rcode == 0 and rr(resp.ar).extrcode == 1  # (1 << 4) | 0 == 16, BADVERS
 
 
+def test_answer_gives_aaaa_for_ipv6_addresses():
+    resp = DNS(dc.answer(q(qtype="AAAA"), ["2001:2:0:ffff::c613:a", "2001:2:0:ffff::a"], 9))
+    assert [(a.type, a.rdata, a.ttl) for a in resp.an] == [(dc.TYPE_AAAA, "2001:2:0:ffff::c613:a", 9),
+                                                           (dc.TYPE_AAAA, "2001:2:0:ffff::a", 9)]
+
+
+def test_truncation_counts_aaaa_records_by_their_size():
+    ips = [f"2001:2:0:ffff::{i:x}" for i in range(40)]
+    plain = dc.answer(q(qtype="AAAA"), ips, 5)
+    assert len(plain) <= 512 and DNS(plain).tc == 1
+    assert DNS(plain).ancount == (512 - 12 - len(q(qtype="AAAA").raw_question)) // 28
+
+
 def test_truncation_to_udp_limit():
     ips = [f"198.19.{i // 256}.{i % 256}" for i in range(100)]
-    plain = dc.answer_a(q(), ips, 5)
+    plain = dc.answer(q(), ips, 5)
     assert len(plain) <= 512 and DNS(plain).tc == 1 and 0 < DNS(plain).ancount < 100
-    big = dc.answer_a(q(edns=4096), ips, 5)
+    big = dc.answer(q(edns=4096), ips, 5)
     assert DNS(big).tc == 0 and DNS(big).ancount == 100
-    small = dc.answer_a(q(), ips[:3], 5)
+    small = dc.answer(q(), ips[:3], 5)
     assert DNS(small).tc == 0
 
 

@@ -19,7 +19,8 @@ from dataplane.dns.resolver import Resolver
 
 from tests.support.wait import TIMEOUT, wait_until
 
-SERVICES = {("default", "web"): "198.19.0.10", ("shop", "cart"): "198.19.0.20"}
+SERVICES = {("default", "web"): "198.19.0.10", ("shop", "cart"): "198.19.0.20",
+            ("default", "dual"): ["198.19.0.30", "2001:2:0:ffff::c613:1e"], ("default", "six"): ["2001:2:0:ffff::a"]}
 POD = "default/client"
 POD_NAMESPACES = {POD: "default"}
 UPSTREAM_IP = "93.184.216.34"
@@ -193,7 +194,36 @@ def test_any_is_answered_like_a(start, client):
     assert resp.rcode == 0 and resp.an[0].type == 1 and resp.an[0].rdata == "198.19.0.20"
 
 
-@pytest.mark.parametrize("qtype", ["AAAA", "MX", "TXT", "SRV"])
+@pytest.mark.parametrize("name", ["dual", "dual.default", "dual.default.svc.glasswing", "DUAL.Default."])
+def test_aaaa_is_answered_with_the_ipv6_vip(start, client, name):
+    addr, resolver = start()
+    resp = DNS(ask(client(), addr, query(name, "AAAA")))
+    assert resp.rcode == 0 and resp.aa == 1 and resp.ancount == 1
+    assert resp.an[0].type == dc.TYPE_AAAA and resp.an[0].rdata == "2001:2:0:ffff::c613:1e"
+    resp = DNS(ask(client(), addr, query(name, "A")))
+    assert resp.ancount == 1 and resp.an[0].type == dc.TYPE_A and resp.an[0].rdata == "198.19.0.30"
+    resp = DNS(ask(client(), addr, query(name, "ALL")))
+    assert sorted((a.type, a.rdata) for a in resp.an) == [(dc.TYPE_A, "198.19.0.30"),
+                                                          (dc.TYPE_AAAA, "2001:2:0:ffff::c613:1e")]
+    assert resolver.counters["answered"] == 3
+
+
+@pytest.mark.parametrize("name, qtype", [("web", "AAAA"), ("web.default.svc.glasswing", "AAAA"),
+                                         ("six", "A"), ("six.default", "A")])
+def test_a_family_the_service_lacks_gets_nodata(start, client, name, qtype):
+    addr, resolver = start()
+    resp = DNS(ask(client(), addr, query(name, qtype)))
+    assert resp.rcode == 0 and resp.ancount == 0
+    assert resolver.counters["nodata"] == 1 and resolver.counters["answered"] == 0
+
+
+def test_ipv6_only_service_answers_aaaa(start, client):
+    addr, _ = start()
+    resp = DNS(ask(client(), addr, query("six.default.svc.glasswing", "AAAA")))
+    assert resp.ancount == 1 and resp.an[0].rdata == "2001:2:0:ffff::a"
+
+
+@pytest.mark.parametrize("qtype", ["MX", "TXT", "SRV"])
 def test_other_types_for_a_mesh_name_get_nodata(start, client, qtype):
     addr, resolver = start()
     resp = DNS(ask(client(), addr, query("web.default.svc.glasswing", qtype)))

@@ -24,8 +24,8 @@ from tests.support.wait import run
 TRACE = "ab" * 16
 
 
-def mesh_doc(endpoints):
-    """Service default/web port 80 with endpoints [(pod, node, port)] on 127.0.0.1."""
+def mesh_doc(endpoints, ip6=""):
+    """Service default/web port 80 with endpoints [(pod, node, port)] on 127.0.0.1 (and ip6)."""
     doc = _empty()
     doc["services"]["default/web"] = {"namespace": "default", "name": "web", "labels": {},
                                       "vip": "198.19.0.10", "ports": [{"port": 80, "target": 8080}],
@@ -33,7 +33,7 @@ def mesh_doc(endpoints):
     for pod, node, port in endpoints:
         doc["endpoints"][f"/glasswing/endpoints/{node}/default/web/80/{pod}:{port}"] = {
             "service": "default/web", "service_port": 80, "pod": pod, "node": node,
-            "ip": "127.0.0.1", "port": port, "health": "healthy", "labels": {}}
+            "ip": "127.0.0.1", "ip6": ip6, "port": port, "health": "healthy", "labels": {}}
     return doc
 
 
@@ -47,7 +47,7 @@ class Node(LoopbackListener):
         snapshot = registry.snapshot(doc)
         catalog = Catalog(snapshot)
         policies.update(catalog, snapshot)
-        self.connects = []
+        self.connects, self.dialled = [], []
         self.sink = RelaySink("copy")
         self.inbound = Inbound(node="n1", catalog=lambda: catalog, policies=policies,
                                connect_local=self.connect_local, relay=self.sink.relay,
@@ -55,6 +55,7 @@ class Node(LoopbackListener):
 
     async def connect_local(self, pod, ip, port, timeout=None):
         self.connects.append(pod)
+        self.dialled.append(ip)
         return await connected((ip, port), timeout)
 
     def __enter__(self):
@@ -66,11 +67,11 @@ class Node(LoopbackListener):
         self.sink.close()
 
 
-def stream_open(port, service="default/web", service_port=80):
+def stream_open(port, service="default/web", service_port=80, target="127.0.0.1", vip="198.19.0.10"):
     return tc.encode_open(tc.Open(version=tc.VERSION, source_pod="client", source_identity="glasswing://c/pod/client",
                                   service=service, port=service_port,
-                                  original_dst=tc.Address("198.19.0.10", 80),
-                                  target=tc.Address("127.0.0.1", port), trace_id=TRACE, source_node="n2"))
+                                  original_dst=tc.Address(vip, 80),
+                                  target=tc.Address(target, port), trace_id=TRACE, source_node="n2"))
 
 
 async def peer(addr, first: bytes, then: bytes = b""):
@@ -106,6 +107,34 @@ def test_a_good_stream_is_accepted_and_relays_bytes_both_ways():
             assert node.counters["tunnel_in"] == 1 and node.counters["rejected"] == 0
         server.close()
     run(main())
+
+
+def test_an_ipv6_target_is_dialled_over_ipv6():
+    async def main():
+        server, port = await echo_server("::1")  # the app listens on its IPv6 address only
+        with Node(mesh_doc([("app", "n1", port)], ip6="::1")) as node:
+            event, got = await peer(node.addr, stream_open(port, target="::1", vip="2001:2:0:ffff::c613:a") + b"six",
+                                    b" over the tunnel")
+            assert isinstance(event, tc.Accept) and got == b"six over the tunnel"
+            assert node.dialled == ["::1"]
+        server.close()
+    run(main())
+
+
+def test_an_app_refusing_the_ipv6_target_is_reached_at_the_pods_ipv4_address():
+    async def main():
+        server, port = await echo_server("127.0.0.1")  # an app that listens on IPv4 only
+        with Node(mesh_doc([("app", "n1", port)], ip6="::1")) as node:
+            event, got = await peer(node.addr, stream_open(port, target="::1") + b"four", b" after all")
+            assert isinstance(event, tc.Accept) and got == b"four after all"
+            assert node.dialled == ["::1", "127.0.0.1"]
+        server.close()
+    run(main())
+
+
+def test_an_ipv6_target_that_is_no_endpoint_here_is_rejected():
+    doc = mesh_doc([("app", "n1", 9)], ip6="2001:2::c612:102")
+    assert rejection(doc, stream_open(9, target="2001:2::c612:103")).reason == "no_endpoint"
 
 
 def rejection(doc, first, connects=()):

@@ -46,7 +46,7 @@ def _port(port, target, protocol=""):
 def test_add_service_record(doc):
     rec = svcs.add_service(doc, "web", ["80:8080", "443"], endpoints=["web1", "web2:9090"])
     assert rec == {"namespace": "default", "name": "web", "labels": {}, "vip": "198.19.0.10",
-                   "ports": [_port(80, 8080), _port(443, 443)],
+                   "vip6": "2001:2:0:ffff::c613:a", "ip_families": ["IPv4", "IPv6"], "ports": [_port(80, 8080), _port(443, 443)],
                    "endpoints": [_ep("web1"), _ep("web2", 9090)],
                    "selector": None, "health_check": None}
     assert doc["services"] == {"default/web": rec}
@@ -118,6 +118,43 @@ def test_vip_freed_by_remove_is_reused(doc):
 
 def test_explicit_vip_below_10_is_allowed(doc):
     assert svcs.add_service(doc, "a", ["80"], vip="198.19.0.5")["vip"] == "198.19.0.5"
+
+
+def test_vip6_pairs_with_the_ipv4_vip(doc):
+    a = svcs.add_service(doc, "a", ["80"])
+    assert (a["vip"], a["vip6"], a["ip_families"]) == ("198.19.0.10", "2001:2:0:ffff::c613:a", ["IPv4", "IPv6"])
+    b = svcs.add_service(doc, "b", ["80"], vip="198.19.1.2")
+    assert b["vip6"] == "2001:2:0:ffff::c613:102"
+
+
+def test_vip6_given_is_checked_and_canonical(doc):
+    rec = svcs.add_service(doc, "a", ["80"], vip6="2001:2:0:FFFF:0::0:77")
+    assert rec["vip6"] == "2001:2:0:ffff::77" and rec["vip"] == "198.19.0.10"
+    _fails(doc, "IPv6 service address 2001:2:0:ffff::77 is already in use", "b", ["80"], vip6="2001:2:0:ffff::77")
+    _fails(doc, "IPv6 service address 2001:2:0:fffe::1 is outside 2001:2:0:ffff::/64", "b", ["80"],
+           vip6="2001:2:0:fffe::1")
+    _fails(doc, "invalid IPv6 service address '198.19.0.1': not an IPv6 address", "b", ["80"], vip6="198.19.0.1")
+
+
+def test_paired_vip6_taken_falls_back_to_next_free(doc):
+    svcs.add_service(doc, "a", ["80"], vip6="2001:2:0:ffff::c613:a", ip_family="ipv6")  # 198.19.0.10's pair
+    b = svcs.add_service(doc, "b", ["80"], vip="198.19.0.10")
+    assert b["vip6"] == "2001:2:0:ffff::a"
+
+
+def test_ip_families(doc):
+    four = svcs.add_service(doc, "four", ["80"], ip_family="ipv4")
+    assert (four["vip"], four["vip6"], four["ip_families"]) == ("198.19.0.10", "", ["IPv4"])
+    six = svcs.add_service(doc, "six", ["80"], ip_family="ipv6")
+    assert (six["vip"], six["vip6"], six["ip_families"]) == ("", "2001:2:0:ffff::a", ["IPv6"])
+    six2 = svcs.add_service(doc, "six2", ["80"], ip_family="ipv6")
+    assert six2["vip6"] == "2001:2:0:ffff::b"
+    assert svcs.add_service(doc, "dual", ["80"], ip_family="dual")["ip_families"] == ["IPv4", "IPv6"]
+    _fails(doc, "service address 198.19.0.50 given, but the service has no IPv4 (IP families IPv6)",
+           "x", ["80"], vip="198.19.0.50", ip_family="ipv6")
+    _fails(doc, "IPv6 service address 2001:2:0:ffff::50 given, but the service has no IPv6 (IP families IPv4)",
+           "x", ["80"], vip6="2001:2:0:ffff::50", ip_family="ipv4")
+    _fails(doc, "invalid IP family 'IPv6': use dual, ipv4, ipv6", "x", ["80"], ip_family="IPv6")
 
 
 def test_duplicate_name(doc):
@@ -255,6 +292,18 @@ def test_catalog_finds_service_port_by_vip(doc):
     assert found("198.19.0.10", 8080) is None  # a target port is not a service port
     assert found("198.19.0.11", 80) is None
     assert found("198.19.0.99", 80) is None
+    assert found("2001:2:0:ffff::c613:a", 443) == ("default/web", 443, 443)  # the IPv6 VIP too
+
+
+def test_catalog_dns_names_hold_the_vips_a_service_has(doc):
+    from dataplane.dns.names import classify
+    svcs.add_service(doc, "dual", ["80"])
+    svcs.add_service(doc, "four", ["80"], ip_family="ipv4")
+    svcs.add_service(doc, "six", ["80"], ip_family="ipv6")
+    names = Catalog(registry.snapshot(doc)).dns_names
+    assert classify("dual", "default", None, names) == ("found", ["198.19.0.10", "2001:2:0:ffff::c613:a"])
+    assert classify("four.default", "x", None, names) == ("found", ["198.19.0.11"])
+    assert classify("six.default.svc.glasswing", "x", None, names) == ("found", ["2001:2:0:ffff::a"])
 
 
 def test_vip_int():

@@ -281,3 +281,48 @@ def test_reader_is_finished_after_error():
 def test_bad_kind():
     with pytest.raises(ValueError):
         tc.PreambleReader("stream")
+
+
+# --- IPv6 addresses -----------------------------------------------------------------------
+
+def test_ipv6_addresses_round_trip():
+    o = tc.Open(1, "p", "i", "default/echo", 80, tc.Address("2001:2:0:ffff::c613:a", 80),
+                tc.Address("2001:2::c612:107", 9090), "t", "n")
+    assert tc.PreambleReader("open").feed(tc.encode_open(o)) == o
+    mixed = tc.Open(1, "p", "i", "default/echo", 80, tc.Address("198.19.0.10", 80),
+                    tc.Address("2001:2::c612:107", 9090), "t", "n")
+    assert tc.PreambleReader("open").feed(tc.encode_open(mixed)) == mixed
+
+
+def test_ipv6_address_is_sixteen_bytes_and_no_ipv4():
+    o = tc.Open(1, "p", "i", "s", 80, tc.Address("198.19.0.10", 80), tc.Address("2001:2::c612:107", 90), "t", "n")
+    m = pb.StreamOpen()
+    m.ParseFromString(tc.encode_open(o)[1:])
+    assert m.target.WhichOneof("family") == "ip6" and m.target.ip6 == bytes.fromhex("20010002" + "00" * 8 + "c6120107")
+    assert m.target.ip == 0
+    assert m.original_dst.WhichOneof("family") == "ip" and m.original_dst.ip == 0xC613000A
+
+
+def _field(number, wire_type, payload: bytes) -> bytes:
+    return varint(number << 3 | wire_type) + payload
+
+
+def _old_address(ip: int, port: int) -> bytes:
+    """An Address as peers wrote it before IPv6: uint32 ip = 1, uint32 port = 2, nothing else."""
+    body = _field(1, 0, varint(ip)) + _field(2, 0, varint(port))
+    return varint(len(body)) + body
+
+
+def test_message_from_a_peer_before_ipv6_still_decodes():
+    service = b"default/echo"
+    body = (_field(1, 0, varint(1)) + _field(4, 2, varint(len(service)) + service) + _field(5, 0, varint(8080))
+            + _field(6, 2, _old_address(0x0A60000C, 8080)) + _field(7, 2, _old_address(0x0AF40107, 9090)))
+    o = tc.PreambleReader("open").feed(varint(len(body)) + body)
+    assert (o.original_dst, o.target) == (tc.Address("10.96.0.12", 8080), tc.Address("10.244.1.7", 9090))
+
+
+@pytest.mark.parametrize("size", [0, 4, 15, 17])
+def test_ip6_of_the_wrong_size_is_malformed(size):
+    with pytest.raises(tc.PreambleError) as info:
+        tc.PreambleReader("open").feed(frame(open_pb(target=pb.Address(ip6=b"\1" * size, port=80))))
+    assert info.value.reason == "malformed" and f"target ip6 is {size} bytes, not 16" in str(info.value)
