@@ -6,10 +6,8 @@ into a pod."""
 import asyncio
 import socket
 
-from dataplane.host import netns
 from dataplane.tunnel import codec as tc
-from dataplane.settings import (CONNECT_TIMEOUT, FORWARDER_MARK, INBOUND_SOURCE, INBOUND_SOURCE6, PREAMBLE_TIMEOUT,
-                                TUNNEL_PORT)
+from dataplane.settings import CONNECT_TIMEOUT, INBOUND_SOURCE, INBOUND_SOURCE6, PREAMBLE_TIMEOUT, TUNNEL_PORT
 from dataplane.host.sockets import connect, marked_socket, ready
 
 
@@ -24,28 +22,10 @@ async def dial(addr, ns_fd: int = None, home_fd: int = None, source: str = None,
     """A connected forwarder socket to addr, made in namespace ns_fd (the
     node's own if None); closed again if the connect fails. timeout: seconds,
     CONNECT_TIMEOUT when None."""
-    s = _marked6(ns_fd, home_fd) if ":" in addr[0] else marked_socket(ns_fd, home_fd)
+    s = marked_socket(ns_fd, home_fd, family=socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
     try:
         await connect(s, addr, CONNECT_TIMEOUT if timeout is None else timeout, source=source)
     except BaseException:
-        s.close()
-        raise
-    return s
-
-
-def _marked6(ns_fd: int = None, home_fd: int = None) -> socket.socket:
-    """sockets.marked_socket's AF_INET6 twin: non-blocking TCP, IPV6_V6ONLY, the forwarder
-    mark, made in namespace ns_fd (the caller's own if None)."""
-    flags = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
-    if ns_fd is not None:
-        with netns.entered(ns_fd, home_fd):
-            s = socket.socket(socket.AF_INET6, flags)
-    else:
-        s = socket.socket(socket.AF_INET6, flags)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FORWARDER_MARK)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    except OSError:
         s.close()
         raise
     return s
