@@ -27,27 +27,25 @@ def port(value, what: str = "port") -> int:
     return p
 
 
-def address(value: str, network: ipaddress.IPv4Network, what: str) -> str:
+def address(value: str, network, what: str) -> str:
+    """value as canonical text (IPv6 compressed), checked to be an address of network's family
+    inside network, and not its network (or IPv4 broadcast) address."""
+    v4 = network.version == 4
     try:
-        ip = ipaddress.IPv4Address(value)
+        ip = ipaddress.IPv4Address(value) if v4 else ipaddress.IPv6Address(value)
     except ValueError:
-        raise GlasswingError(f"invalid {what} {value!r}: not an IPv4 address") from None
+        raise GlasswingError(f"invalid {what} {value!r}: not an IPv{network.version} address") from None
     if ip not in network:
         raise GlasswingError(f"{what} {ip} is outside {network}")
-    if ip in (network.network_address, network.broadcast_address):
-        raise GlasswingError(f"{what} {ip} is the network or broadcast address of {network}")
+    if ip == network.network_address or (v4 and ip == network.broadcast_address):
+        raise GlasswingError(f"{what} {ip} is the network{' or broadcast' if v4 else ''} address of {network}")
     return str(ip)
 
 
 def address6(value: str, what: str) -> str:
     """An endpoint's IPv6 address: inside MESH_RANGE6 but not the service range, as canonical
     compressed text."""
-    try:
-        ip = ipaddress.IPv6Address(value)
-    except ValueError:
-        raise GlasswingError(f"invalid {what} {value!r}: not an IPv6 address") from None
-    if ip not in MESH_RANGE6 or ip == MESH_RANGE6.network_address:
-        raise GlasswingError(f"{what} {ip} is outside {MESH_RANGE6}")
+    ip = ipaddress.IPv6Address(address(value, MESH_RANGE6, what))
     if ip in SERVICE_RANGE6:
         raise GlasswingError(f"{what} {ip} is inside the service range {SERVICE_RANGE6}")
     return str(ip)

@@ -45,15 +45,7 @@ def families(given) -> tuple:
 
 def vip6(value: str) -> str:
     """A given IPv6 VIP, checked to lie inside SERVICE_RANGE6, as canonical compressed text."""
-    try:
-        ip = ipaddress.IPv6Address(value)
-    except ValueError:
-        raise GlasswingError(f"invalid IPv6 service address {value!r}: not an IPv6 address") from None
-    if ip not in SERVICE_RANGE6:
-        raise GlasswingError(f"IPv6 service address {ip} is outside {SERVICE_RANGE6}")
-    if ip == SERVICE_RANGE6.network_address:
-        raise GlasswingError(f"IPv6 service address {ip} is the network address of {SERVICE_RANGE6}")
-    return str(ip)
+    return names.address(value, SERVICE_RANGE6, "IPv6 service address")
 
 
 def paired(vip: str) -> str:

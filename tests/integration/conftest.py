@@ -13,7 +13,7 @@ import pytest
 
 from lab.cluster import Lab
 from tests.support import leaks
-from tests.support.mesh import start_peers
+from tests.support.mesh import client_and_two_webs, start_peers
 from tests.support.need import need_root_and_bpf, need_tools
 
 
@@ -28,11 +28,7 @@ def kernel_before():
 def mesh(kernel_before):
     lab = Lab("gwtest")
     try:
-        lab.node("n1")
-        lab.node("n2")
-        lab.pod("client", "n1")
-        lab.pod("web1", "n1", labels={"app": "web"})
-        lab.pod("web2", "n2", labels={"app": "web"})
+        client_and_two_webs(lab, web_labels={"app": "web"})
         lab.service("web", ports=["80:8080"], selector={"app": "web"})
         lab.service("near", ports=["7000"], endpoints=["web1"])
         lab.service("far", ports=["7000"], endpoints=["web2"])

@@ -24,8 +24,7 @@ import pytest
 from dataplane.settings import MESH_RANGE6, POD_RANGE6, SERVICE_RANGE6
 from lab.cluster import Lab
 from tests.support import leaks
-from tests.support.mesh import PEERS, client, glasswing, wait_synced
-from tests.support.wait import wait_until
+from tests.support.mesh import PEERS, client, client_and_two_webs, glasswing, wait_listening, wait_synced
 
 PORT = 7600
 ZONE = "default.svc.glasswing"
@@ -38,21 +37,11 @@ def _service(name, address6, families=None):
     return {"apiVersion": "glasswing.dev/v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}
 
 
-def _listening6(lab, pod, ip6):
-    probe = f"import socket; socket.create_connection(('{ip6}', {PORT}), 1).close()"
-    wait_until(lambda: lab.run(pod, [sys.executable, "-c", probe]).returncode == 0, 10,
-               f"[{ip6}]:{PORT} to listen (probed from {pod})", 0.1)
-
-
 @pytest.fixture(scope="module")
 def lab(kernel_before):
     lab = Lab("gwsix")
     try:
-        lab.node("n1")
-        lab.node("n2")
-        lab.pod("client", "n1")
-        lab.pod("web1", "n1")
-        lab.pod("web2", "n2")
+        client_and_two_webs(lab)
         lab.service("pod-near", ports=[str(PORT)], endpoints=["web1"])
         lab.service("pod-far", ports=[str(PORT)], endpoints=["web2"])
         lab.up("n1")
@@ -61,7 +50,7 @@ def lab(kernel_before):
         lab.ip6 = {n: p["ip6"] for n, p in doc["pods"].items()}
         for pod in ("web1", "web2"):
             lab.spawn(pod, [sys.executable, PEERS, "echo", pod, str(PORT), lab.ip6[pod]])  # IPv6 only
-            _listening6(lab, pod, lab.ip6[pod])
+            wait_listening(lab, pod, lab.ip6[pod], PORT)
         docs = [_service("six-near", lab.ip6["web1"]), _service("six-far", lab.ip6["web2"]),
                 _service("only6", lab.ip6["web1"], ["IPv6"])]
         glasswing(lab, "apply", "-f", "-", stdin=json.dumps(docs))

@@ -20,7 +20,7 @@ import pytest
 from dataplane.kernel.programs import attached
 from lab.cluster import Lab
 from tests.support import leaks
-from tests.support.mesh import client, start_peers, wait_listening
+from tests.support.mesh import client, client_and_two_webs, start_peers, wait_listening
 
 SUPPORT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support")
 GRPC_PEERS = os.path.join(SUPPORT, "grpc_peers.py")
@@ -32,11 +32,7 @@ ZONE = "default.svc.glasswing"
 def lab(kernel_before):
     lab = Lab("gwmapped")
     try:
-        lab.node("n1")
-        lab.node("n2")
-        lab.pod("client", "n1")
-        lab.pod("web1", "n1")
-        lab.pod("web2", "n2")
+        client_and_two_webs(lab)
         lab.service("web-near", ports=["80:8080"], endpoints=["web1"])
         lab.service("web-far", ports=["80:8080"], endpoints=["web2"])
         lab.service("near", ports=["7000"], endpoints=["web1"])

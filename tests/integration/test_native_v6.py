@@ -19,7 +19,7 @@ import pytest
 
 from lab.cluster import Lab
 from tests.support import leaks
-from tests.support.mesh import PEERS, client, kill_forwarder, start_peers, wait_listening
+from tests.support.mesh import PEERS, client, client_and_two_webs, kill_forwarder, start_peers, wait_listening
 
 ZONE = "default.svc.glasswing"
 HTTP_GET = os.path.join(os.path.dirname(PEERS), "java", "HttpGet.java")
@@ -29,11 +29,7 @@ HTTP_GET = os.path.join(os.path.dirname(PEERS), "java", "HttpGet.java")
 def lab(kernel_before):
     lab = Lab("gwv6")
     try:
-        lab.node("n1")
-        lab.node("n2")
-        lab.pod("client", "n1")
-        lab.pod("web1", "n1")
-        lab.pod("web2", "n2")
+        client_and_two_webs(lab)
         lab.service("near", ports=["7000"], endpoints=["web1"])
         lab.service("far", ports=["7000"], endpoints=["web2"])
         lab.service("web-near", ports=["80:8080"], endpoints=["web1"])

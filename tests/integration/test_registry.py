@@ -13,7 +13,7 @@ import pytest
 from lab.cluster import Lab
 from dataplane.settings import LEASE_TTL
 from tests.support import leaks
-from tests.support.mesh import GLASSWING, PEERS, client, start_peers
+from tests.support.mesh import GLASSWING, PEERS, client, client_and_two_webs, start_peers
 from tests.support.wait import wait_until
 
 
@@ -21,11 +21,7 @@ from tests.support.wait import wait_until
 def reg(kernel_before):
     lab = Lab("gwreg")
     try:
-        lab.node("n1")
-        lab.node("n2")
-        lab.pod("client", "n1")
-        lab.pod("web1", "n1", labels={"app": "web"})
-        lab.pod("web2", "n2", labels={"app": "web"})
+        client_and_two_webs(lab, web_labels={"app": "web"})
         lab.pod("spare", "n1", labels={"app": "spare"})
         lab.service("web", ports=["80:8080", "7000"], selector={"app": "web"})
         lab.service("moving", ports=["7000"], endpoints=["web1"])

@@ -18,6 +18,16 @@ def wait_listening(lab, pod, ip, port, timeout=10.0):
                f"{ip}:{port} to listen (probed from {pod})", 0.1)
 
 
+def client_and_two_webs(lab, web_labels=None):
+    """The topology most integration modules start from: nodes n1 and n2, pods client and web1
+    on n1 and web2 on n2 (the web pods labelled web_labels)."""
+    lab.node("n1")
+    lab.node("n2")
+    lab.pod("client", "n1")
+    for name, node in (("web1", "n1"), ("web2", "n2")):
+        lab.pod(name, node, **({"labels": dict(web_labels)} if web_labels else {}))
+
+
 def start_peers(lab, pods, probe_from, iperf=False):
     """In each pod: peers.py serve (HTTP 8080, TCP 7000) and, with iperf,
     iperf3 -s on 5201; returns once all of them accept connections."""
