@@ -10,7 +10,11 @@ setup(
         [Extension("dataplane.relay._pump_c", ["ext/pump.pyx"], include_dirs=["ext"]),
          Extension("dataplane.relay._engine_c",
                    ["ext/engine.pyx", "ext/relay/engine.c", "ext/relay/kernel_mode.c"],
-                   include_dirs=["ext", "bpf"], extra_compile_args=["-O2", "-Wall"])],
+                   include_dirs=["ext", "bpf"], extra_compile_args=["-O2", "-Wall"],
+                   # a changed header rebuilds the engine: a gw_kr_state of the old size
+                   # would have the map read past it
+                   depends=["bpf/kernel_relay.h", "ext/relay/engine.h",
+                            "ext/relay/engine_internal.h", "ext/relay/splice_loop.h"])],
         compiler_directives={"language_level": 3},
     ),
     entry_points={"console_scripts": ["glasswing = glasswing.main:main"]},

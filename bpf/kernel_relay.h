@@ -18,6 +18,8 @@
 #define GW_KR_BULK 16384     /* an skb this large turns its direction over to user space */
 #define GW_KR_MAX 65536      /* entries of gw_kr_socks and gw_kr_state: sockets, two a conn */
 #define GW_KR_RING_PAGES 16  /* gw_kr_events */
+#define GW_KR_TRIM_STEP 4095 /* most bytes bpf_skb_adjust_room takes off an sk_skb at once */
+#define GW_KR_TRIM_STEPS 64  /* so the verdict cuts up to 64 * 4095 repeated bytes off an skb */
 
 /* gw_kr_state, keyed by socket cookie: one entry per socket of a connection in the kernel. */
 struct gw_kr_state {
@@ -28,6 +30,9 @@ struct gw_kr_state {
 	__u32 gen;        /* and its generation: a stale event never reaches a reused slot */
 	__u32 side;       /* the direction this socket is the source of (0: a -> b) */
 	__u32 user;       /* 1 once the direction carries bulk in user space */
+	__u64 repeated;   /* bytes TCP handed the verdict a second time, cut off (kernel_relay.c) */
+	__u32 seq_next;   /* TCP sequence number of the next byte the verdict has not seen */
+	__u32 seq_known;  /* 1 once seq_next is (the verdict read an skb's sequence numbers) */
 };
 
 /* On gw_kr_events: the verdict turned direction `side` of connection slot/gen over. */

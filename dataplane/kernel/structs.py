@@ -83,7 +83,10 @@ class KrState(C.Structure):
                 ("slot", C.c_uint32),
                 ("gen", C.c_uint32),
                 ("side", C.c_uint32),
-                ("user", C.c_uint32)]
+                ("user", C.c_uint32),
+                ("repeated", C.c_uint64),
+                ("seq_next", C.c_uint32),
+                ("seq_known", C.c_uint32)]
 
 
 class KrEvent(C.Structure):

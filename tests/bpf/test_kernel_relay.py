@@ -4,7 +4,8 @@ forwarder does, and the same tests check that mode "kernel" then carries every b
 engine alone (nothing in the kernel). With the kernel relay: bytes arrive exactly both ways with half-close in either order, a connection of small
 messages goes to the kernel after 16 turns (the forwarder is then not woken per message) and
 a short one never does, a direction that carries bulk is taken back to user space without
-losing or reordering a byte, bytes and FINs that came before the hand-over get through,
+losing or reordering a byte, a segment TCP queues with bytes it had already received is
+carried once, bytes and FINs that came before the hand-over get through,
 resets reach the other side, and nothing is left in the maps once connections end.
 
 Topology as in tests/unit/test_engine.py: A <-> B and C <-> D are TCP loopback connections;
@@ -16,6 +17,7 @@ import hashlib
 import json
 import select
 import socket
+import struct
 import subprocess
 import threading
 
@@ -228,3 +230,78 @@ def test_many_connections_at_once(engine):
         d.close()
     ended = wait_done(engine, n)
     assert sorted(e[0] for e in ended) == sorted(ids) and all(e[1] == 0 for e in ended)
+
+
+# TCP_REPAIR (linux/tcp.h): read a socket's sequence numbers to forge its next segment.
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_TIMESTAMP = 19, 20, 21, 24
+TCP_RECV_QUEUE, TCP_SEND_QUEUE, TCP_REPAIR_OFF_NO_WP = 1, 2, -1
+
+
+def next_seqs(s) -> tuple:
+    """(snd_nxt, rcv_nxt) of an idle socket, through TCP_REPAIR (CAP_NET_ADMIN)."""
+    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+    try:
+        out = []
+        for queue in (TCP_SEND_QUEUE, TCP_RECV_QUEUE):
+            s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, queue)
+            out.append(s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) & 0xffffffff)
+        return tuple(out)
+    finally:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+
+
+def forge_segment(s, seq: int, data: bytes) -> bytes:
+    """A TCP segment (header and data) as s would send it from seq: acks what s has received,
+    with its timestamp option, checksum over the 127.0.0.1 pseudo-header."""
+    (src_ip, sport), (dst_ip, dport) = s.getsockname(), s.getpeername()
+    _, ack = next_seqs(s)
+    tsval = s.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xffffffff
+    options = b"\x01\x01\x08\x0a" + struct.pack("!II", tsval, 0)
+    doff = (20 + len(options)) // 4
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, 0x18, 1024, 0, 0)
+    segment = header + options + data
+    pseudo = socket.inet_aton(src_ip) + socket.inet_aton(dst_ip) + struct.pack("!BBH", 0, 6, len(segment))
+    blob = pseudo + segment + b"\0" * (len(segment) % 2)
+    total = sum(struct.unpack(f"!{len(blob) // 2}H", blob))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return segment[:16] + struct.pack("!H", ~total & 0xffff) + segment[18:]
+
+
+@pytest.mark.parametrize("bulk_first", [False, True])
+def test_a_segment_that_repeats_bytes_is_carried_once(engine, programs, bulk_first):
+    """TCP queues a segment that starts before what it has received (a retransmission that
+    overlaps, or segments coalesced in the socket backlog) whole, and the kernel's read_skb
+    hands all of it to the verdict: its repeated head must not reach D twice. A forged
+    segment from A repeats A's last 6 bytes and adds 7 new ones; A then sends the 7 itself
+    (TCP drops them as already received), and the connection goes on."""
+    a, b, c, d = relay_pair()
+    cid = hand_over(engine, b, c, mode="kernel")
+    ping_pong(a, d, 20)  # in the kernel; A's last bytes are b"m00019"
+    sent = 120
+    if bulk_first:  # the direction is read in user space (SK_PASS) from here
+        bulk = payload(5, 1_000_000)
+        t = threading.Thread(target=writer, args=(a, [bulk], False))
+        t.start()
+        got = b""
+        while len(got) < len(bulk):
+            got += d.recv(1 << 20)
+        t.join(TIMEOUT)
+        assert got == bulk
+        sent += len(bulk)
+    snd_nxt, _ = next_seqs(a)  # D has had every byte: B's rcv_nxt
+    old = (b"m00019" if not bulk_first else bulk)[-6:]
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    try:
+        raw.sendto(forge_segment(a, (snd_nxt - 6) & 0xffffffff, old + b"NEWDATA"), ("127.0.0.1", 0))
+    finally:
+        raw.close()
+    assert d.recv(64) == b"NEWDATA"
+    a.sendall(b"NEWDATA")
+    ping_pong(a, d, 3, start=20)
+    if KERNEL:
+        assert sum(v.repeated for v in states(programs)) == 6
+    a.close()
+    assert read_all(d) == b""
+    d.close()
+    assert wait_done(engine) == [(cid, 0, sent + 7 + 18, 120 + 18)]

@@ -88,7 +88,8 @@ def test_mirror_fields_are_the_header_fields_in_order():
     for header in bpf_structs.MIRRORS:
         in_header.update(_header_structs(header))
     assert in_header["orig_dst"] == ["ip", "port", "flags", "redir_ip", "redir_port", "pad"]
-    assert in_header["gw_kr_state"] == ["peer", "redirected", "passed", "slot", "gen", "side", "user"]
+    assert in_header["gw_kr_state"] == ["peer", "redirected", "passed", "slot", "gen", "side", "user",
+                                        "repeated", "seq_next", "seq_known"]
     for cname, mirror in _all_mirrors().items():
         assert [f for f, *_ in mirror._fields_] == in_header[cname], f"struct {cname}"
 
