@@ -220,8 +220,23 @@ def _print_status(s):
     if h.get("requests"):
         print(f"  http: {h['requests']} requests, {h.get('retries', 0)} retries, "
               f"{h.get('pool_reuses', 0)} pooled reuses, {h.get('switched', 0)} upgrades")
+    _print_server_first(s)
     for k, v in (s.get("errors") or {}).items():
         print(f"  error: {k}: {v}")
+
+
+def _print_server_first(s):
+    """The service ports learned as server-first: their connections skip the sniff."""
+    marks = s.get("server_first") or []
+    skipped = (s.get("stats") or {}).get("sniff_skipped", 0)
+    if not marks and not skipped:
+        return
+    print(f"  server-first ports (relayed without sniffing; {skipped} connections skipped the sniff):"
+          + ("" if marks else " -"))
+    for m in marks:
+        left = m["expires_in_s"]
+        when = "probing" if m.get("probing") else (f"recheck in {left:.0f}s" if left > 0 else "recheck due")
+        print(f"    {m['service']}:{m['port']}  learned {m['age_s']:.0f}s ago, {m['skipped']} skipped, {when}")
 
 
 def _config(ctl, args, cmd):

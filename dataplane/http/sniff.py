@@ -9,13 +9,16 @@ happens to start with an uppercase word (Redis inline "SET k v", SMTP "EHLO x") 
 mistaken for HTTP. The HTTP/2 prior-knowledge preface ("PRI * HTTP/2.0") is "opaque": it is
 relayed raw.
 
-The deadline is the caller's. A server-first protocol (PostgreSQL, MySQL, SMTP, SSH's banner
+The deadline is the caller's. A server-first protocol (MySQL/MariaDB, SMTP, FTP, SSH's banner
 comes from the server too) has a client that sends nothing until the server speaks, so the
 forwarder must stop waiting, treat the connection as opaque and connect upstream. Recommended:
 SNIFF_DEADLINE (100 ms, Istio's protocol detection timeout): long enough for an HTTP client's
 first segment, which in practice arrives with the connection's first RTT, short enough to add
 little to the setup of a server-first connection. Ports declared with protocol "http" skip
-sniffing; a deadline that fires, or "need_more" at MAX_SNIFF bytes, means "opaque".
+sniffing; a deadline that fires, or "need_more" at MAX_SNIFF bytes, means "opaque". The
+forwarder pays that deadline once per server-first service port: it learns the port from the
+first connection whose client stayed silent while the upstream spoke first, and relays the
+next ones without sniffing (dataplane/node/server_first.py).
 """
 
 SNIFF_DEADLINE = 0.1  # seconds, see above

@@ -3,6 +3,10 @@
 One Counters object is made by the forwarder and handed to every collaborator that counts
 (accept loops, outbound, inbound, the sweep); it is a plain dict so that status shows it as
 is. Each refusal reason below is counted as refused_REASON, and every refusal is a reset too.
+On ports with no declared protocol: sniffed_http and sniffed_opaque count the sniffed
+connections by verdict, sniff_skipped those relayed at once to a port marked server-first,
+server_first_learned the marks made or renewed, server_first_refuted those dropped because a
+client spoke first (node/server_first.py).
 """
 import logging
 
@@ -21,7 +25,8 @@ class Counters(dict):
         super().__init__({"accepted": 0, "reset": 0, "tunnel_in": 0, "rejected": 0,
                           **{f"refused_{r}": 0 for r in REFUSALS},
                           "connect_failures": 0, "connect_retries": 0, "outlier_ejections": 0,
-                          "idle_closed": 0, "sniffed_http": 0, "sniffed_opaque": 0, "http_sessions": 0})
+                          "idle_closed": 0, "sniffed_http": 0, "sniffed_opaque": 0, "sniff_skipped": 0,
+                          "server_first_learned": 0, "server_first_refuted": 0, "http_sessions": 0})
 
 
 def reset(counters: dict, conn, why: str) -> None:

@@ -126,7 +126,7 @@ class Forwarder:
         self.admin = AdminCommands(node=node, sync=self.config.caught_up,
                                    shutdown=self.stopping.set, relays=self.relays,
                                    parts=[self.config.status, self.publisher.status, self.relays.status,
-                                          self._status],
+                                          self.outbound.status, self._status],
                                    counters=self.stats, errors=self.errors)
 
     # ------------------------------------------------------------ lifecycle

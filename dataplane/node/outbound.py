@@ -8,11 +8,17 @@ An outbound connection is served by the declared protocol of its service port
           timeouts, rate limit, faults and the breaker apply per request.
   ""      undeclared: http.proxy.detect() reads the client's first bytes for
           at most http.sniff.SNIFF_DEADLINE (100 ms). HTTP/1.1 goes to a
-          session; anything else, including a server-first protocol
-          (PostgreSQL, SMTP, a greeting echo server) whose client sends
-          nothing, is relayed opaque with the sniffed bytes passed on first.
-A client-first non-HTTP protocol is decided on its first bytes, so only
-server-first protocols pay the deadline, once per connection.
+          session; anything else is relayed opaque with the sniffed bytes
+          passed on first. A client-first non-HTTP protocol is decided on its
+          first bytes; a server-first one (MySQL, SMTP, a greeting echo server)
+          has a client that sends nothing, so it waits out the deadline, once:
+          when its upstream then speaks first, the service port is marked
+          server-first (node.server_first) and its next connections skip the
+          sniff and are relayed opaque at once (counted as sniff_skipped; the
+          marks are in status "server_first"). A skipping connection is relayed
+          once either side has sent bytes; a client that spoke first drops the
+          mark. A mark is probed again after server_first.TTL and pruned with
+          its service port.
 
 At L4, in order: the original destination (destination(conn), SO_ORIGINAL_DST in the
 forwarder), the service port, admission (rate limit, breaker), then an Attempt of the
@@ -29,6 +35,7 @@ from dataplane.host.sockets import original_dst
 from dataplane.http.proxy import HTTP, detect
 from dataplane.http.trace_context import new_trace_id
 from dataplane.node.counters import refuse, reset
+from dataplane.node.server_first import CLIENT, SERVER, ServerFirstPorts, first_speaker
 from dataplane.policy.connect_retry import classify
 from dataplane.tunnel import codec as tc
 from dataplane.tunnel.streams import StreamRejected
@@ -38,15 +45,18 @@ log = logging.getLogger("glasswing.forwarder")
 
 class Outbound:
     def __init__(self, *, catalog, policies, dialer, relay, http, counters: dict,
-                 destination=original_dst):
+                 destination=original_dst, server_first=None):
         """catalog(): the current Catalog; policies: the Policies state; dialer: open(pod, sp,
         dst, ep, trace, timeout) -> (socket, bytes for the app) (node.dialer.MeshDialer);
         relay(a, b, info, to_b, to_a): the relay sink; http(pod, conn, sp, dst, prefix): serves
         an HTTP connection (node.mesh_http.MeshHttp.serve); destination(conn): the (ip, port)
-        the app dialled, or None."""
+        the app dialled, or None; server_first: the ServerFirstPorts marks (one of its own by
+        default)."""
         self._catalog, self._policies, self._dialer = catalog, policies, dialer
         self._relay, self._http, self._counters = relay, http, counters
         self._destination = destination
+        self._server_first = ServerFirstPorts() if server_first is None else server_first
+        self._pruned_for = None  # the catalog the marks were last pruned against
         self.attempts = {}  # trace -> (app socket, policy.Attempt) of open outbound connections
 
     async def serve(self, pod, conn) -> None:
@@ -58,23 +68,80 @@ class Outbound:
         if sp is None:
             return refuse(self._counters, conn, "no_service",
                           f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
-        prefix = b""
-        if sp.protocol != "tcp":
-            kind = HTTP
-            if sp.protocol != "http":
-                kind, prefix = await detect(conn)
-                self._counters[f"sniffed_{kind}"] += 1
-                sp = self._catalog().service_port(*dst)  # the store may have changed meanwhile
-                if sp is None:
-                    return refuse(self._counters, conn, "no_service",
-                                  f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
-            if kind == HTTP:
-                return await self._http(pod, conn, sp, dst, prefix)
-        await self._opaque(pod, conn, sp, dst, prefix)
+        if sp.protocol == "tcp":
+            return await self._opaque(pod, conn, sp, dst)
+        if sp.protocol == "http":
+            return await self._http(pod, conn, sp, dst, b"")
+        return await self._undeclared(pod, conn, sp, dst)
 
-    async def _opaque(self, pod, conn, sp, dst, to_upstream=b""):
+    async def _undeclared(self, pod, conn, sp, dst):
+        """A port with no declared protocol: relayed opaque at once when it is marked
+        server-first, else sniffed (the sniffed connection's verdict goes to the marks)."""
+        key = (sp.service, sp.port)
+        marks = self._marks()
+        if marks.skip(key):
+            self._counters["sniff_skipped"] += 1
+            return await self._opaque(pod, conn, sp, dst, watch=lambda c, up, to_app: self._check(key, c, up, to_app))
+        try:
+            kind, prefix = await detect(conn)
+        except BaseException:
+            marks.seen(key, None)
+            raise
+        self._counters[f"sniffed_{kind}"] += 1
+        if kind == HTTP or prefix:
+            marks.seen(key, CLIENT)
+        sp = self._catalog().service_port(*dst)  # the store may have changed meanwhile
+        if sp is None:
+            marks.seen(key, None)
+            return refuse(self._counters, conn, "no_service",
+                          f"pod {pod.name}: {dst[0]}:{dst[1]} is no service port")
+        if kind == HTTP:
+            return await self._http(pod, conn, sp, dst, prefix)
+        if prefix:
+            return await self._opaque(pod, conn, sp, dst, prefix)
+        settled = []
+
+        async def learn(c, upstream, to_app):
+            first = await first_speaker(c, upstream, to_app)
+            settled.append(first)
+            marks.seen(key, first)
+            if first == SERVER:
+                self._counters["server_first_learned"] += 1
+                log.info("service %s port %d: server-first, new connections skip the sniff", *key)
+        try:
+            await self._opaque(pod, conn, sp, dst, watch=learn)
+        finally:
+            if not settled:
+                marks.seen(key, None)
+
+    async def _check(self, key, conn, upstream, to_app):
+        """A connection that skipped the sniff, its upstream connected: the relay starts once
+        either side has sent bytes (at most server_first.GREETING_WAIT; a server-first client
+        waits for the greeting anyway). A client that spoke first refutes the mark, so its
+        next connections are sniffed again; this one is relayed opaque all the same."""
+        if await first_speaker(conn, upstream, to_app) == CLIENT:
+            self._server_first.seen(key, CLIENT)
+            self._counters["server_first_refuted"] += 1
+            log.info("service %s port %d: a client spoke first, sniffing again", *key)
+
+    def _marks(self):
+        """The server-first marks, first pruned of service ports that left the catalog or
+        declare a protocol now (once per catalog: it is rebuilt on every store change)."""
+        catalog = self._catalog()
+        if catalog is not self._pruned_for:
+            self._pruned_for = catalog
+            self._server_first.prune(lambda k: getattr(catalog.by_name.get(k), "protocol", None) == "")
+        return self._server_first
+
+    def status(self) -> dict:
+        """Status part: the service ports learned as server-first."""
+        return {"server_first": self._marks().status()}
+
+    async def _opaque(self, pod, conn, sp, dst, to_upstream=b"", watch=None):
         """An L4 connection: admitted, connected (with retries) and relayed raw; to_upstream
-        holds the client bytes read while sniffing, sent upstream first."""
+        holds the client bytes read while sniffing, sent upstream first. watch(conn, upstream,
+        bytes for the app): awaited once connected, before the relay starts (server-first
+        learning; it only peeks)."""
         name = sp.service
         policies = self._policies
         port = policies.port(name, sp.port)
@@ -93,6 +160,14 @@ class Outbound:
         if upstream is None:
             attempt.close()
             return refuse(self._counters, conn, to_app[0], to_app[1])
+        if watch is not None:
+            try:
+                await watch(conn, upstream, to_app)
+            except BaseException:
+                attempt.close()
+                upstream.close()
+                conn.close()
+                raise
         self.attempts[trace] = (conn, attempt)
         try:
             self._relay(conn, upstream, (name, attempt.endpoint, trace, pod.name),

@@ -18,6 +18,7 @@ from dataplane.node.counters import REFUSALS, Counters
 from dataplane.node.mesh_http import MeshHttp
 from dataplane.node.outbound import Outbound
 from dataplane.node.relays import RelaySink
+from dataplane.node.server_first import SERVER, ServerFirstPorts
 from dataplane.policy.state import Policies
 from dataplane.store import codec, registry
 from dataplane.store import schema as cs
@@ -67,7 +68,7 @@ class Pod:
 class Node(LoopbackListener):
     """One pod's outbound listener on loopback, served by the real collaborators."""
 
-    def __init__(self, doc, relay="copy", dst=(VIP, 80), clock=None):
+    def __init__(self, doc, relay="copy", dst=(VIP, 80), clock=None, server_first=None):
         super().__init__()
         self.counters, self.errors = Counters(), {}
         self.policies = Policies(rng=random.Random(7), **({"clock": clock} if clock else {}))
@@ -82,7 +83,7 @@ class Node(LoopbackListener):
                              attached=lambda name: name == Pod.name, counters=self.counters)
         self.outbound = Outbound(catalog=lambda: self.catalog, policies=self.policies, dialer=self.dialer,
                                  relay=self.sink.relay, http=self.http.serve, counters=self.counters,
-                                 destination=lambda conn: dst)
+                                 destination=lambda conn: dst, server_first=server_first)
 
     def __enter__(self):
         acceptor = Acceptor(self.spawn, self.counters, self.errors)
@@ -202,4 +203,101 @@ def test_sniffed_opaque_bytes_reach_the_endpoint_first():
             assert await exchange(node.addr, b"\x00binary, not http") == b"\x00binary, not http"
             assert node.counters["sniffed_opaque"] == 1 and node.counters["http_sessions"] == 0
         server.close()
+    run(main())
+
+
+async def greeting_server():
+    """A server-first app (as SMTP or MySQL): a greeting line on accept, then an echo."""
+    async def greet(reader, writer):
+        writer.write(b"220 db ready\n")
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def server_first_exchange(addr, data=b"select 1"):
+    """Wait for the greeting, then send data and read its echo: (greeting, echo)."""
+    reader, writer = await asyncio.open_connection(*addr)
+    try:
+        greeting = await reader.readline()
+        writer.write(data)
+        writer.write_eof()
+        return greeting, await reader.read()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("relay", ["copy", "engine"])
+def test_a_server_first_port_is_sniffed_once_then_relayed_at_once(relay):
+    async def main():
+        server, port = await greeting_server()
+        clock = [0.0]
+        marks = ServerFirstPorts(clock=lambda: clock[0])
+        with Node(mesh_doc([port], protocol=""), relay=relay, server_first=marks) as node:
+            for i in range(3):
+                assert await server_first_exchange(node.addr, b"q%d" % i) == (b"220 db ready\n", b"q%d" % i)
+            c = node.counters
+            assert (c["sniffed_opaque"], c["server_first_learned"], c["sniff_skipped"]) == (1, 1, 2)
+            assert node.outbound.status()["server_first"] == [
+                {"service": "default/web", "port": 80, "age_s": 0.0, "expires_in_s": marks.ttl,
+                 "skipped": 2, "probing": False}]
+            clock[0] += marks.ttl  # expired: the next connection probes, and renews the mark
+            assert await server_first_exchange(node.addr) == (b"220 db ready\n", b"select 1")
+            assert (c["sniffed_opaque"], c["server_first_learned"], c["sniff_skipped"]) == (2, 2, 2)
+            assert node.outbound.status()["server_first"][0]["expires_in_s"] == marks.ttl
+        server.close()
+    run(main())
+
+
+def test_an_http_client_on_a_port_wrongly_marked_is_relayed_and_unmarks_it():
+    async def main():
+        async def http_ok(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(http_ok, "127.0.0.1", 0)
+        marks = ServerFirstPorts(clock=lambda: 0.0)
+        marks.seen(("default/web", 80), SERVER)
+        request = b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n"
+        with Node(mesh_doc([server.sockets[0].getsockname()[1]], protocol=""), server_first=marks) as node:
+            first = await exchange(node.addr, request, half_close=False)
+            assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"ok")  # opaque, still served
+            c = node.counters
+            assert (c["sniff_skipped"], c["server_first_refuted"], c["http_sessions"]) == (1, 1, 0)
+            assert node.outbound.status()["server_first"] == []
+            second = await exchange(node.addr, request, half_close=False)
+            assert second.startswith(b"HTTP/1.1 200") and c["sniffed_http"] == 1 and c["http_sessions"] == 1
+        server.close()
+    run(main())
+
+
+def test_a_client_first_port_whose_clients_are_slow_is_not_marked():
+    """A client silent through the deadline whose upstream stays silent too (an idle pooled
+    connection of a client-first protocol) marks nothing."""
+    async def main():
+        server, good = await echo_server()
+        with Node(mesh_doc([good], protocol="")) as node:
+            reader, writer = await asyncio.open_connection(*node.addr)
+            await wait_until_async(lambda: node.counters["sniffed_opaque"] == 1, what="the sniff given up")
+            writer.write(b"late")
+            writer.write_eof()
+            assert await reader.read() == b"late"
+            writer.close()
+            assert node.counters["server_first_learned"] == 0 and node.outbound.status()["server_first"] == []
+        server.close()
+    run(main())
+
+
+def test_marks_of_a_service_port_gone_from_the_catalog_are_dropped():
+    async def main():
+        marks = ServerFirstPorts(clock=lambda: 0.0)
+        marks.seen(("default/web", 80), SERVER)
+        marks.seen(("default/gone", 5), SERVER)
+        with Node(mesh_doc([9], protocol=""), server_first=marks) as node:
+            assert [m["service"] for m in node.outbound.status()["server_first"]] == ["default/web"]
+            node.catalog = Catalog(registry.snapshot(mesh_doc([9], protocol="tcp")))  # now declared
+            assert node.outbound.status()["server_first"] == []
     run(main())
