@@ -3,7 +3,7 @@
 The forwarder decides per connection (issue 4, part 3): a port declared "http" goes straight to
 an HttpSession; any other port is sniffed first with detect(), which reads the client's first
 bytes for at most SNIFF_DEADLINE and answers "http" or "opaque". A server-first protocol
-(PostgreSQL, SMTP) sends nothing, the deadline passes and the connection is opaque: the
+(MySQL, SMTP) sends nothing, the deadline passes and the connection is opaque: the
 forwarder relays it raw (relay.Relay) with the bytes detect() read passed on as to_b.
 
     kind, prefix = await detect(conn, loop)

@@ -15,7 +15,7 @@
       slow   80 -> 8080/http   per-try timeout + outlier      selector app=h
       limited 80 -> 8080/http  rate limit 1/s, burst 5        h1
       capped 80 -> 8080/http   max_connections 3              h1
-      pg     5432              undeclared (server-first)      pg
+      pg     5432              undeclared (client-first, binary) pg
 
 The long-poll test waits 60 s on purpose (marked `slow`: `-m "not slow"` leaves it out).
 """
@@ -175,7 +175,7 @@ def test_postgres_works_through_a_port_with_no_declared_protocol(hm):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["42", "CREATE", "TABLE", "INSERT", "0", "1000", "500500"]
     after = http_status(hm)["stats"]
-    assert after["sniffed_opaque"] > before["sniffed_opaque"]  # waited for the server, relayed raw
+    assert after["sniffed_opaque"] > before["sniffed_opaque"]  # a binary first byte: opaque at once, relayed raw
 
 
 def test_websocket_stays_open_through_the_mesh(hm):
