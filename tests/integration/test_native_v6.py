@@ -2,12 +2,14 @@
 AF_INET6 socket to a service's IPv6 VIP connects, sees that VIP as its peer and reaches the
 endpoint; an IPv6-only service (no IPv4 VIP, endpoints listening on IPv6 only) is reached by
 name; an app that asks for AAAA first (getaddrinfo AF_INET6, Java with
-preferIPv6Addresses) reaches a dual-stack service; socket load balancing and fail-open hold
+preferIPv6Addresses) reaches a dual-stack service; grpcio unary and streaming calls to an IPv6
+VIP go through; socket load balancing and fail-open hold
 for native IPv6 connects; DNS to an IPv6 nameserver is answered by the mesh resolver.
 
-    n1: client, web1 (peers.py serve: IPv4 only; echo on 7001, IPv6 only)     n2: web2 (the same)
+    n1: client, web1 (peers.py serve: IPv4 only; grpc_peers.py serve 9100; echo on 7001,
+        IPv6 only)                                                           n2: web2 (the same)
     services: near/far 7000 (web1 / web2), web-near/web-far 80->8080, socklb 7000 (web1, web2,
-              picked in connect6), only6 7001 (IPv6 only; web1, web2)
+              picked in connect6), only6 7001 (IPv6 only; web1, web2), grpc-near/grpc-far 9100/tcp
 """
 import json
 import os
@@ -23,6 +25,7 @@ from tests.support.mesh import PEERS, client, client_and_two_webs, kill_forwarde
 
 ZONE = "default.svc.glasswing"
 HTTP_GET = os.path.join(os.path.dirname(PEERS), "java", "HttpGet.java")
+GRPC_PEERS = os.path.join(os.path.dirname(PEERS), "grpc_peers.py")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,8 @@ def lab(kernel_before):
         lab.service("web-far", ports=["80:8080"], endpoints=["web2"])
         lab.service("socklb", ports=["7000"], endpoints=["web1", "web2"], socket_lb=True)
         lab.service("only6", ports=["7001"], endpoints=["web1", "web2"], ip_family="ipv6")
+        lab.service("grpc-near", ports=["9100/tcp"], endpoints=["web1"])
+        lab.service("grpc-far", ports=["9100/tcp"], endpoints=["web2"])
         lab.up("n1")
         lab.up("n2")
         start_peers(lab, ("web1", "web2"), "client")
@@ -44,6 +49,8 @@ def lab(kernel_before):
             ip6 = doc["pods"][pod]["ip6"]
             lab.spawn(pod, [sys.executable, PEERS, "echo", pod, "7001", ip6])
             wait_listening(lab, pod, ip6, 7001)
+            lab.spawn(pod, [sys.executable, GRPC_PEERS, "serve", pod, "9100"])
+            wait_listening(lab, pod, doc["pods"][pod]["ip"], 9100)
         lab.vips = {s["name"]: s["vip"] for s in doc["services"].values()}
         lab.vips6 = {s["name"]: s["vip6"] for s in doc["services"].values()}
         lab.ips6 = {n: p["ip6"] for n, p in doc["pods"].items()}
@@ -110,6 +117,17 @@ def test_java_preferring_ipv6_calls_by_name(lab):
                 timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["body"]["pod"] == "web2"
+
+
+@pytest.mark.parametrize("svc,server", [("grpc-near", "web1"), ("grpc-far", "web2")])
+def test_grpcio_unary_and_streaming_to_an_ipv6_vip(lab, svc, server):
+    r = lab.run("client", [sys.executable, GRPC_PEERS, "client", f"ipv6:[{lab.vips6[svc]}]:9100"], timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    # through the forwarder(s): the server sees the mesh's source of the family it was dialled on
+    assert out["unary"][0] == server and out["unary"][1].startswith(("ipv6:%5B::6%5D:", "ipv4:127.0.0.6:")), out
+    assert out["unary"][2] == "ping" and out["big_same"]
+    assert out["stream"] == [f"{server} a", f"{server} bb", f"{server} ccc"]
 
 
 def test_native_ipv6_socket_lb_picks_endpoints_in_the_kernel(lab):
