@@ -21,10 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start this node's forwarder (--store etcd://HOST:PORT for many nodes)")
     up.add_argument("--foreground", action="store_true", help="run in the foreground (no daemon)")
     up.add_argument("--relay", default=None,
-                    help="how relayed bytes move: kernel (default: socket to socket in the kernel, "
-                         "bulk handed to the engine), engine (a C thread of its own, copy for "
-                         "small messages, splice once a direction carries bulk), auto (the same choice "
-                         "in the event loop), splice or copy (in the loop); also GLASSWING_RELAY")
+                    help="how relayed bytes move: engine (default: a C thread of its own, copy for "
+                         "small messages, splice once a direction carries bulk), kernel (long-lived "
+                         "connections of small messages socket to socket in the kernel, bulk handed "
+                         "to the engine), auto (the engine's choice in the event loop), splice or "
+                         "copy (in the loop); also GLASSWING_RELAY")
     sub.add_parser("down", help="stop the forwarder and remove everything it made")
     sub.add_parser("status", help="forwarder state")
     sub.add_parser("doctor", help="check that this machine can run the mesh")
