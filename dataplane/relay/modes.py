@@ -37,10 +37,10 @@ keep-alive connection and sockperf's ping-pong are both long-lived connections o
 messages, and KR_AFTER is a count of turns, not a rate: wrk's 16 connections each take
 about 6,000 turns a second (past 16 in 3 ms), sockperf's one about 60,000, so any count that
 lets the ping-pong in lets the keep-alive connections in seconds later.
-And tests/bpf/test_kernel_relay.py::test_bulk_after_small_messages_keeps_order fails about
-1 run in 40 with one segment duplicated where the kernel hands a direction back to the
-engine: a default must not corrupt a stream, whatever it saves in microseconds.
-Once that is fixed, kernel is the better relay for latency-bound traffic over few
+The duplicated segment that tests/bpf/test_kernel_relay.py::test_bulk_after_small_messages_keeps_order
+caught about 1 run in 40 when these runs were made is fixed (bpf/kernel_relay.c trims what
+tcp_read_skb hands the verdict twice); the choice stands on the figures alone:
+kernel is the better relay for latency-bound traffic over few
 connections (`--relay kernel`: 4 us off a one-node round trip, 16 us across nodes), but the
 default should still be engine: a mesh's default carries many busy keep-alive connections,
 where kernel gives up a fifth of the requests per second (and falls below the HAProxy pair
