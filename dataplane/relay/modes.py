@@ -9,8 +9,9 @@
   messages then goes to the kernel (bpf/kernel_relay.c: a stream verdict redirects each skb
   to the other socket, no wake-up of the forwarder per message), and a direction that carries
   bulk (an skb of 16 KiB or more) comes back to the engine, which copies it (a socket in a
-  SOCKHASH cannot be spliced). On from Linux 6.18 only (dataplane/kernel/relay_gate.py);
-  below it, kernel runs as engine;
+  SOCKHASH cannot be spliced). Off on every kernel until a close hang is fixed
+  (dataplane/kernel/relay_gate.py);
+  there, kernel runs as engine;
 - auto, splice, copy: in the event loop (dataplane/relay/relay.py with dataplane/relay/movers.py).
 
 Why engine is the default (issue 14 item 5; docs/bench/relay-default.md has the table).
